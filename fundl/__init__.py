@@ -1,0 +1,1 @@
+"""fundl: functional deep learning on JAX."""
