@@ -141,9 +141,10 @@ def _out_1d(L, k, s, lo, hi, d, ceil_mode, where, dim_note=""):
     out = (-(-num // s) if ceil_mode else num // s) + 1
     # PyTorch: in ceil mode the last window must start inside the input or the
     # left padding, otherwise it would only see right padding.
+    # (A window may still hang past the input's right edge, as in PyTorch.)
     if ceil_mode and out >= 1 and (out - 1) * s >= L + lo:
         out -= 1
-    if out < 1 or num < 0:
+    if out < 1:
         raise ShapeError(
             f"{_prefix(where)}input size {L}{dim_note} with padding {(lo, hi) if lo != hi else lo} "
             f"is smaller than the effective kernel size d*(k-1)+1 = {eff} "
