@@ -1,0 +1,567 @@
+"""Training: a compiled train step, exact evaluation, a minimal ``fit`` loop.
+
+Data layout: channels last, ``x: [N, *spatial, C]``; a batch is ``(x, y)`` with
+``y: [N]`` integer class labels (or any target ``loss_fn`` accepts).
+
+The train step is a factory that returns one pure, ``jax.jit``-compiled function
+(no object graph is walked at call time)::
+
+    step = make_train_step(model, optimizer)
+    params, state, opt_state, metrics = step(params, state, opt_state, (x, y), key)
+
+``params``, ``state`` and ``opt_state`` are donated: pass the returned trees to
+the next call and do not reuse the ones you passed in (copy them first if you
+need them, e.g. to keep the best checkpoint). :func:`fit` copies the trees it is
+given, so its caller's arrays stay valid.
+
+Optimizers
+==========
+
+Any Optax ``GradientTransformation`` works. The setup for the examples:
+
+>>> import jax, jax.numpy as jnp, optax
+>>> import fundl.layers as L
+>>> from fundl.train import make_train_step, param_labels, set_hyperparams
+>>> model = L.Serial(L.Dense(8, name="hidden"), L.ReLU(), L.Dense(3, name="head"))
+>>> _, params = model.init(jax.random.key(0), (4, 5))
+>>> batch = (jnp.ones((4, 5)), jnp.array([0, 1, 2, 0]))
+
+SGD, with momentum and Nesterov momentum (PyTorch's ``SGD(nesterov=True)``):
+
+>>> opt = optax.sgd(0.1)
+>>> opt = optax.sgd(0.1, momentum=0.9)
+>>> opt = optax.sgd(0.1, momentum=0.9, nesterov=True)
+
+Adaptive methods:
+
+>>> opt = optax.adam(1e-3)                       # betas (0.9, 0.999), eps 1e-8
+>>> opt = optax.adagrad(1e-2)
+>>> opt = optax.rmsprop(1e-3, decay=0.9)
+>>> opt = optax.adadelta(1.0, rho=0.9)
+
+Weight decay on the weights only (``'w'`` leaves; not biases nor batch-norm
+scales), added to the gradient before SGD as in PyTorch's ``weight_decay=``:
+
+>>> decay_mask = lambda p: param_labels(p, {"*/w": True}, default=False)
+>>> opt = optax.chain(optax.add_decayed_weights(5e-4, mask=decay_mask),
+...                   optax.sgd(0.1, momentum=0.9))
+>>> opt = optax.adamw(1e-3, weight_decay=1e-2, mask=decay_mask)   # decoupled (AdamW)
+
+Per-layer-group learning rates: label each parameter from its path (``'head/w'``)
+and give each label its own transformation:
+
+>>> labels = param_labels(params, {"head/*": "head", "*": "body"})
+>>> labels["head"]["w"], labels["hidden"]["w"]
+('head', 'body')
+>>> opt = optax.multi_transform({"body": optax.sgd(1e-3), "head": optax.sgd(1e-2)},
+...                             lambda p: param_labels(p, {"head/*": "head", "*": "body"}))
+
+Learning-rate schedules (a function of the step count; no recompilation):
+
+>>> lr = optax.cosine_decay_schedule(init_value=0.1, decay_steps=1000)
+>>> lr = optax.piecewise_constant_schedule(0.1, {500: 0.1, 750: 0.1})  # x0.1 at 500 and 750
+>>> opt = optax.sgd(lr, momentum=0.9)
+
+Changing a hyperparameter by hand without recompiling: ``inject_hyperparams``
+keeps it in the optimizer state (an array input of the compiled step) instead of
+baking it into the compiled code as a constant:
+
+>>> opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+>>> step = make_train_step(model, opt)
+>>> opt_state = opt.init(params)
+>>> params, state, opt_state, m = step(params, {}, opt_state, batch, None)
+>>> opt_state = set_hyperparams(opt_state, learning_rate=1e-4)   # same dtype: no re-trace
+>>> params, state, opt_state, m = step(params, state, opt_state, batch, None)
+>>> sorted(m)
+['accuracy', 'loss']
+"""
+from __future__ import annotations
+
+import fnmatch
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import functional as F
+from ._errors import ConfigError, ShapeError
+from ._layer import Layer
+
+__all__ = ["make_train_step", "make_eval_step", "evaluate", "fit", "FitResult",
+           "param_labels", "set_hyperparams", "count_params"]
+
+_REQUIRED = object()
+
+
+# -- steps --------------------------------------------------------------------
+
+def _check_model(model, where):
+    if not isinstance(model, Layer):
+        raise ConfigError(f"{where}: model must be a fundl Layer (e.g. L.Serial(...)); "
+                          f"got {type(model).__name__}")
+
+
+def _split_batch(batch, where):
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ShapeError(f"{where}: batch must be a pair (x, y); got "
+                         f"{type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}")
+    return batch
+
+
+def _is_classification(logits, y) -> bool:
+    """Static test: integer labels ``[N]`` against logits ``[N, C]``."""
+    return (logits.ndim == 2 and y.ndim == 1 and jnp.issubdtype(y.dtype, jnp.integer)
+            and logits.shape[0] == y.shape[0])
+
+
+def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
+                    loss_fn: Callable = F.cross_entropy, donate: bool = True,
+                    metrics: Mapping[str, Callable] | None = None) -> Callable:
+    """Build the compiled training step for ``model`` and ``optimizer``.
+
+    Args:
+      model: a fundl :class:`~fundl.layers.Layer` mapping ``x`` to ``logits``.
+      optimizer: any Optax ``GradientTransformation``.
+      loss_fn: ``loss_fn(logits, y) -> scalar`` averaged over the batch
+        (default :func:`fundl.functional.cross_entropy`; use
+        ``functools.partial(F.cross_entropy, label_smoothing=0.1)`` to configure).
+      donate: donate ``params``, ``state`` and ``opt_state`` to the step, so the
+        update is done in place (the arrays passed in are invalid afterwards;
+        one array may not appear twice among them, else XLA refuses to run).
+      metrics: extra ``{name: fn(logits, y) -> scalar}`` batch metrics, computed
+        in the same compiled step.
+
+    Returns:
+      ``step(params, state, opt_state, batch, key) -> (params, state, opt_state,
+      metrics)`` where ``batch = (x, y)``, ``x: [N, ...]``; ``state`` is ``{}``
+      for models without batch norm; ``key`` feeds dropout and may be ``None`` for
+      models without it. ``metrics`` is a dict of scalar arrays: ``'loss'``, plus
+      ``'accuracy'`` when ``y: [N]`` holds integer labels and ``logits: [N, C]``.
+      Reading a metric (``float(m['loss'])``) waits for the device: read them
+      every few steps, not every step.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, fundl.layers as L
+      >>> model = L.Serial(L.Dense(3))
+      >>> _, params = model.init(jax.random.key(0), (2, 4))
+      >>> opt = optax.sgd(0.1)
+      >>> step = make_train_step(model, opt)
+      >>> params, state, opt_state, m = step(params, {}, opt.init(params),
+      ...                                    (jnp.ones((2, 4)), jnp.array([0, 2])), None)
+      >>> m['loss'].shape
+      ()
+    """
+    _check_model(model, "make_train_step")
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise ConfigError("make_train_step: optimizer must be an optax GradientTransformation "
+                          f"(e.g. optax.adam(1e-3)); got {type(optimizer).__name__}")
+    extra = dict(metrics or {})
+
+    def step(params, state, opt_state, batch, key):
+        x, y = _split_batch(batch, "train step")
+
+        def objective(p):
+            logits, new_state = model.apply_with_state(p, state, x, key=key, train=True)
+            return loss_fn(logits, y), (logits, new_state)
+
+        (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        out = {"loss": loss}
+        if _is_classification(logits, y):
+            out["accuracy"] = jnp.mean(jnp.argmax(logits, axis=-1) == y)
+        for name, fn in extra.items():
+            out[name] = fn(logits, y)
+        return params, new_state, opt_state, out
+
+    return jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
+
+
+def make_eval_step(model: Layer, *, loss_fn: Callable = F.cross_entropy) -> Callable:
+    """Build the compiled evaluation step (inference mode, no key, no update).
+
+    The metrics are sums, so that averages over batches of unequal size are
+    exact: ``loss = sum(loss_sum) / sum(count)``.
+
+    Args:
+      model: the model, as for :func:`make_train_step`.
+      loss_fn: ``loss_fn(logits, y) -> scalar`` averaged over the batch.
+
+    Returns:
+      ``eval_step(params, state, batch) -> {'loss_sum', 'count'[, 'correct']}``,
+      scalar arrays; ``'correct'`` (number of right argmax predictions) only for
+      integer labels ``y: [N]`` with ``logits: [N, C]``.
+    """
+    _check_model(model, "make_eval_step")
+
+    def eval_step(params, state, batch):
+        x, y = _split_batch(batch, "eval step")
+        logits, _ = model.apply_with_state(params, state, x, key=None, train=False)
+        n = x.shape[0]
+        # loss_fn is a batch mean; times n gives the batch's sum of per-example losses.
+        out = {"loss_sum": loss_fn(logits, y) * n, "count": jnp.asarray(n, jnp.int32)}
+        if _is_classification(logits, y):
+            out["correct"] = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
+        return out
+
+    return jax.jit(eval_step)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_eval_step(model, loss_fn):
+    # One compiled eval step per (model, loss) across evaluate() calls, so that
+    # evaluating every epoch does not recompile.
+    return make_eval_step(model, loss_fn=loss_fn)
+
+
+def _check_data(data, where, arg):
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ShapeError(f"{where}: {arg} must be a pair of arrays (x, y); got {type(data).__name__}")
+    x, y = data
+    if len(x) != len(y):
+        raise ShapeError(f"{where}: {arg} x and y must have the same number of examples; "
+                         f"got {len(x)} and {len(y)}")
+    if len(x) == 0:
+        raise ShapeError(f"{where}: {arg} is empty")
+    return x, y
+
+
+def _check_batch_size(batch_size, where):
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"{where}: batch_size must be a positive int; got {batch_size!r}")
+
+
+def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
+             loss_fn: Callable = F.cross_entropy) -> dict:
+    """Average loss (and accuracy) of ``model`` over a whole dataset, in inference mode.
+
+    Exact over a last batch smaller than ``batch_size`` (sums, not means of means).
+
+    Args:
+      model: the model.
+      params: its parameters.
+      state: its state (``{}`` for models without batch norm).
+      data: ``(x, y)`` arrays, ``x: [N, ...]``, ``y: [N]``.
+      batch_size: examples per compiled call (a smaller last batch compiles once more).
+      loss_fn: ``loss_fn(logits, y) -> scalar`` averaged over the batch.
+
+    Returns:
+      ``{'loss': float, 'accuracy': float}``; no ``'accuracy'`` unless ``y`` holds
+      integer class labels.
+    """
+    x, y = _check_data(data, "evaluate", "data")
+    _check_batch_size(batch_size, "evaluate")
+    eval_step = _cached_eval_step(model, loss_fn)
+    parts = [eval_step(params, state, (x[i:i + batch_size], y[i:i + batch_size]))
+             for i in range(0, len(x), batch_size)]
+    parts = jax.device_get(parts)  # one host sync for the whole pass
+    count = sum(int(p["count"]) for p in parts)
+    out = {"loss": float(sum(np.float64(p["loss_sum"]) for p in parts) / count)}
+    if "correct" in parts[0]:
+        out["accuracy"] = sum(int(p["correct"]) for p in parts) / count
+    return out
+
+
+# -- the loop -----------------------------------------------------------------
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns.
+
+    Attributes:
+      params: the trained parameters.
+      state: the final state (batch-norm statistics; ``{}`` if none).
+      opt_state: the final optimizer state, to resume training.
+      history: one dict per epoch: ``epoch`` (1-based), ``train_loss``,
+        ``train_accuracy`` (means over the epoch's steps, in training mode),
+        ``test_loss``, ``test_accuracy`` (on ``eval_data``; ``None`` without it)
+        and ``seconds`` (wall time of the epoch, evaluation included).
+    """
+
+    params: Any
+    state: Any
+    opt_state: Any
+    history: list
+
+
+def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, train_data, *,
+        epochs: int, batch_size: int, key, eval_data=None, opt_state=None, shuffle: bool = True,
+        progress: bool = True, callback: Callable | None = None,
+        loss_fn: Callable = F.cross_entropy, log_every: int = 20,
+        drop_last: bool = False) -> FitResult:
+    """Train on in-memory NumPy arrays: a minimal loop around :func:`make_train_step`.
+
+    Every epoch reshuffles the examples (a permutation drawn from ``key``), runs
+    the compiled step over the batches, then evaluates on ``eval_data``. Metrics
+    stay on the device and are read once every ``log_every`` steps, so the host
+    does not wait for the device at every step.
+
+    Args:
+      model: the model.
+      params: initial parameters (copied: the caller's arrays stay valid).
+      state: initial state (``{}`` for models without batch norm).
+      optimizer: an Optax ``GradientTransformation``.
+      train_data: ``(x, y)`` arrays, ``x: [N, ...]``, ``y: [N]``.
+      epochs: number of passes over ``train_data``.
+      batch_size: examples per step.
+      key: a ``jax.random`` key (or an int seed) for shuffling and dropout.
+      eval_data: optional ``(x, y)`` evaluated after every epoch.
+      opt_state: optimizer state to resume from (default ``optimizer.init(params)``).
+      shuffle: reshuffle every epoch; ``False`` keeps the data order.
+      progress: show a progress bar (live loss, examples/s) on stderr and print
+        one summary line per epoch on stdout.
+      callback: ``callback(record, params, state, opt_state)`` after every epoch,
+        ``record`` being the epoch's history dict; returning ``True`` stops
+        training. The trees are donated to the next step: copy what you keep.
+      loss_fn: ``loss_fn(logits, y) -> scalar`` averaged over the batch.
+      log_every: steps between reads of the metrics from the device.
+      drop_last: skip the last batch of an epoch when smaller than ``batch_size``
+        (otherwise it is used, costing one extra compilation).
+
+    Returns:
+      A :class:`FitResult` ``(params, state, opt_state, history)``.
+    """
+    from tqdm.auto import tqdm  # imported here: only the loop needs it
+
+    _check_model(model, "fit")
+    x, y = (np.asarray(a) for a in _check_data(train_data, "fit", "train_data"))
+    if eval_data is not None:
+        _check_data(eval_data, "fit", "eval_data")
+    _check_batch_size(batch_size, "fit")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        raise ConfigError(f"fit: epochs must be a non-negative int; got {epochs!r}")
+    if not isinstance(log_every, int) or log_every < 1:
+        raise ConfigError(f"fit: log_every must be a positive int; got {log_every!r}")
+    n = len(x)
+    steps = n // batch_size if drop_last else math.ceil(n / batch_size)
+    if steps == 0:
+        raise ConfigError(f"fit: drop_last=True with batch_size={batch_size} > {n} examples "
+                          "leaves no batch to train on")
+    key = _as_key(key)
+    # Shuffling runs on the host (seeded from the key): a device permutation would
+    # cost a compilation and a sync per epoch for nothing the step needs.
+    shuffler = np.random.default_rng([*np.asarray(jax.random.key_data(key)).ravel().tolist(), 1])
+    # The step donates its inputs: copy once so the caller's arrays survive fit().
+    # One compiled call, not one compilation per leaf shape as eager ops would cost.
+    params, state, opt_state = jax.jit(functools.partial(_copy_and_init, optimizer))(
+        params, state, opt_state)
+    step = make_train_step(model, optimizer, loss_fn=loss_fn)
+
+    history = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        order = shuffler.permutation(n) if shuffle else np.arange(n)
+        sums = {}  # metric -> sum over examples seen, in float64 on the host
+        seen, pending = 0, []  # pending: (batch size, device metrics) not yet read
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False,
+                   disable=not progress, dynamic_ncols=True)
+        t_log, seen_log = time.perf_counter(), 0
+        for i in range(steps):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            # fold_in: one key per step from one small compiled function, whatever the step.
+            k = jax.random.fold_in(key, (epoch - 1) * steps + i)
+            params, state, opt_state, m = step(params, state, opt_state, (x[idx], y[idx]), k)
+            pending.append((len(idx), m))
+            if len(pending) == log_every or i == steps - 1:
+                _drain(pending, sums)  # the only host sync in the loop
+                seen += sum(b for b, _ in pending)
+                pending = []
+                if progress:
+                    now = time.perf_counter()
+                    bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}",  # running epoch mean
+                                    ex_s=f"{(seen - seen_log) / max(now - t_log, 1e-9):.0f}",
+                                    refresh=False)
+                    bar.update(i + 1 - bar.n)
+                    t_log, seen_log = now, seen
+        bar.close()
+        record = {"epoch": epoch, "train_loss": sums["loss"] / seen,
+                  "train_accuracy": sums["accuracy"] / seen if "accuracy" in sums else None,
+                  "test_loss": None, "test_accuracy": None}
+        if eval_data is not None:
+            ev = evaluate(model, params, state, eval_data, loss_fn=loss_fn)
+            record["test_loss"], record["test_accuracy"] = ev["loss"], ev.get("accuracy")
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+        if progress:
+            tqdm.write(_epoch_line(record, epochs))
+        if callback is not None and callback(record, params, state, opt_state) is True:
+            break
+    return FitResult(params, state, opt_state, history)
+
+
+def _as_key(key):
+    """A typed ``jax.random`` key from a key, a legacy ``uint32[2]`` key or an int seed."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ConfigError(f"fit: key must be a single key; got a key array of shape {key.shape}")
+        return key
+    arr = jnp.asarray(key) if isinstance(key, (jax.Array, np.ndarray)) else None
+    if arr is not None and arr.dtype == jnp.uint32 and arr.shape == (2,):
+        return jax.random.wrap_key_data(arr)
+    raise ConfigError(f"fit: key must be a jax.random.key(...), a legacy PRNGKey or an int seed; "
+                      f"got {type(key).__name__}")
+
+
+def _copy_and_init(optimizer, params, state, opt_state):
+    if opt_state is None:
+        opt_state = optimizer.init(params)
+    return jax.tree_util.tree_map(jnp.copy, (params, state, opt_state))
+
+
+def _drain(pending, sums) -> None:
+    """Add the pending batch-mean metrics, weighted by batch size, to ``sums``."""
+    values = jax.device_get([m for _, m in pending])
+    for (b, _), m in zip(pending, values):
+        for name, v in m.items():
+            sums[name] = sums.get(name, 0.0) + float(v) * b
+
+
+def _epoch_line(r, epochs) -> str:
+    parts = [f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}", f"train_loss={r['train_loss']:.4f}"]
+    if r["train_accuracy"] is not None:
+        parts.append(f"train_acc={r['train_accuracy']:.4f}")
+    if r["test_loss"] is not None:
+        parts.append(f"test_loss={r['test_loss']:.4f}")
+    if r["test_accuracy"] is not None:
+        parts.append(f"test_acc={r['test_accuracy']:.4f}")
+    parts.append(f"{r['seconds']:.2f}s")
+    return "  ".join(parts)
+
+
+# -- parameter trees and optimizer state ------------------------------------------
+
+def _path_str(path) -> str:
+    out = []
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            out.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            out.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            out.append(k.name)
+        else:
+            out.append(str(k))
+    return "/".join(out)
+
+
+def param_labels(params, rules: Mapping[str, Any] | Callable[[str], Any], *, default=_REQUIRED):
+    """A tree like ``params`` holding one label per leaf, chosen from the leaf's path.
+
+    Paths join the dict keys with ``/``: ``'conv1/w'``, ``'block/body/bn1/scale'``.
+    For optax masks (``add_decayed_weights(mask=...)``) use boolean labels; for
+    ``optax.multi_transform`` use strings.
+
+    Args:
+      params: a parameter pytree (nested dicts).
+      rules: ``{pattern: label}`` tried in order, the first match wins. A pattern
+        matches a path if it is an ``fnmatch`` glob of the whole path
+        (``'*/w'``, ``'head/*'``; ``*`` also matches ``/``) or a prefix made of
+        whole path components (``'conv1'`` matches ``'conv1/w'``, not
+        ``'conv10/w'``). Or a function ``path -> label``.
+      default: the label of paths no rule matches; if not given, such a path is
+        an error.
+
+    Returns:
+      A pytree with the structure of ``params`` and labels as leaves.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> p = {'conv1': {'w': jnp.ones(2), 'b': jnp.ones(1)}, 'head': {'w': jnp.ones(3)}}
+      >>> param_labels(p, {'head': 'head', '*/b': 'bias'}, default='body')
+      {'conv1': {'b': 'bias', 'w': 'body'}, 'head': {'w': 'head'}}
+    """
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if callable(rules):
+        labels = [rules(_path_str(path)) for path, _ in leaves]
+        return jax.tree_util.tree_unflatten(treedef, labels)
+    if not isinstance(rules, Mapping):
+        raise ConfigError(f"param_labels: rules must be a dict {{pattern: label}} or a function "
+                          f"path -> label; got {type(rules).__name__}")
+    labels = []
+    for path, _ in leaves:
+        s = _path_str(path)
+        for pattern, lab in rules.items():
+            prefix = pattern.rstrip("/")
+            if fnmatch.fnmatchcase(s, pattern) or s.startswith(prefix + "/"):
+                labels.append(lab)
+                break
+        else:
+            if default is _REQUIRED:
+                raise ConfigError(f"param_labels: no rule matches parameter '{s}'; rules are "
+                                  f"{list(rules)}; add a rule (e.g. '*') or pass default=...")
+            labels.append(default)
+    return jax.tree_util.tree_unflatten(treedef, labels)
+
+
+def _is_inject_state(s) -> bool:
+    return isinstance(s, tuple) and hasattr(s, "_fields") and "hyperparams" in s._fields
+
+
+def set_hyperparams(opt_state, **values):
+    """Return ``opt_state`` with hyperparameters of ``optax.inject_hyperparams`` set.
+
+    The values are cast to the dtype of the stored ones, so the compiled step
+    sees the same input types and is not traced again. Every
+    ``inject_hyperparams`` state inside ``opt_state`` (e.g. one per group of
+    ``multi_transform``) that has the hyperparameter is updated.
+
+    Args:
+      opt_state: the optimizer state.
+      **values: e.g. ``learning_rate=1e-4``.
+
+    Returns:
+      The new optimizer state (the old one is not modified).
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+      >>> s = set_hyperparams(opt.init({'w': jnp.ones(2)}), learning_rate=0.01)
+      >>> s.hyperparams['learning_rate']
+      Array(0.01, dtype=float32)
+    """
+    found: set = set()
+
+    def fix(s):
+        if not _is_inject_state(s):
+            return s
+        hp = dict(s.hyperparams)
+        scheduled = getattr(s, "hyperparams_states", None) or {}
+        for name, v in values.items():
+            if name in hp:
+                if name in scheduled:
+                    raise ConfigError(f"set_hyperparams: {name!r} follows a schedule, which would "
+                                      "overwrite the value at the next step; inject a constant instead")
+                old = jnp.asarray(hp[name])
+                new = jnp.asarray(v, dtype=old.dtype)
+                if new.shape != old.shape:
+                    raise ShapeError(f"set_hyperparams: {name} must have shape {old.shape}; "
+                                     f"got {new.shape}")
+                hp[name] = new
+                found.add(name)
+        return s._replace(hyperparams=hp)
+
+    out = jax.tree_util.tree_map(fix, opt_state, is_leaf=_is_inject_state)
+    missing = set(values) - found
+    if missing:
+        raise ConfigError(f"set_hyperparams: no optax.inject_hyperparams state holds "
+                          f"{sorted(missing)}; build the optimizer with "
+                          "optax.inject_hyperparams(optax.adam)(learning_rate=...)")
+    return out
+
+
+def count_params(params) -> int:
+    """Total number of scalars in a parameter pytree.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> count_params({'dense': {'w': jnp.ones((3, 4)), 'b': jnp.ones(4)}})
+      16
+    """
+    return sum(math.prod(np.shape(p)) for p in jax.tree_util.tree_leaves(params))
