@@ -2,7 +2,21 @@
 
 Layers are pure functions with named parameter pytrees; data layout is
 channels last (``[N, *spatial, C]``); semantics follow PyTorch.
+
+Public surface:
+  * ``fundl.functional`` (``F``): ops with PyTorch semantics;
+  * ``fundl.layers`` (``L``): layers and combinators;
+  * ``fundl.models``: the model zoo;
+  * ``fundl.train``: train/eval steps and a small fit loop;
+  * ``fundl.summary``: per-layer parameters and multiply-accumulates.
 """
+from . import functional, layers, models, train
 from ._errors import ConfigError, FundlError, ShapeError
 from ._layer import Layer
 from ._summary import Summary, summary
+from .train import count_params
+
+__version__ = "0.1.0"
+
+__all__ = ["functional", "layers", "models", "train", "summary", "Summary", "Layer",
+           "count_params", "FundlError", "ShapeError", "ConfigError"]

@@ -244,8 +244,10 @@ def alexnet(num_classes: int = 1000, *, dropout: float = 0.5, name: str = "alexn
     Parameters: 57,003,840 + 4,097 * num_classes = 61,100,840 for 1000 classes.
 
     Example:
-      >>> alexnet(10).init(jax.random.key(0), (1, 224, 224, 3))[0]  # doctest: +SKIP
-      (1, 10)
+      >>> from fundl import summary
+      >>> s = summary(alexnet(10), (1, 224, 224, 3))  # shapes only, no weights made
+      >>> s.output_shape, s.total_params
+      ((1, 10), 57044810)
     """
     where = f"alexnet '{name}'"
     _check_int(where, num_classes=num_classes)

@@ -1,0 +1,22 @@
+"""The README's Python examples run as written, top to bottom, in one namespace."""
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_examples_run(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 4
+    namespace = {}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"README.md[python block {i}]", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "(1, 10)" in out and "105,506" in out and "['left']" in out
+    assert "net/dense" in out and "Flatten" in out
+
+
+def test_readme_opens_with_the_two_commands():
+    bash = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    assert bash[0].strip() == "pip install -e . && python experiments/quickstart.py"
+    assert bash[1].strip() == 'pip install -e ".[test]" && python -m pytest'
