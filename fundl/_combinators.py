@@ -20,13 +20,13 @@ import jax
 import jax.numpy as jnp
 
 from ._errors import ConfigError, ShapeError
-from ._layer import (Layer, child_entry, is_shape, label, layer, put, shared_use,
+from ._layer import (Layer, _default_name, child_entry, is_shape, label, layer, put, shared_use,
                      split_key, unique_children)
 
 
 def _combinator(kind, name, children, init_fn, apply_fn, config=None) -> Layer:
     stateful = any(c.stateful for _, c in children)
-    return Layer(name or kind.lower(), kind, init_fn, apply_fn, stateful, tuple(children),
+    return Layer(_default_name(kind, name), kind, init_fn, apply_fn, stateful, tuple(children),
                  types.MappingProxyType(dict(config or {})))
 
 

@@ -178,15 +178,24 @@ def layer(kind: str, name: str | None, init: Callable, apply: Callable, *, confi
     def apply_fn(params, state, x, *, key, train):
         return apply(params, x, key=key, train=train), state
 
-    return Layer(name or kind.lower(), kind, init_fn, apply_fn, False, (),
+    return Layer(_default_name(kind, name), kind, init_fn, apply_fn, False, (),
                  types.MappingProxyType(dict(config or {})), macs)
 
 
 def stateful_layer(kind: str, name: str | None, init_fn: Callable, apply_fn: Callable, *,
                    config=None, macs: Callable | None = None) -> Layer:
     """Build a leaf layer with state from uniform-form functions (see :class:`Layer`)."""
-    return Layer(name or kind.lower(), kind, init_fn, apply_fn, True, (),
+    return Layer(_default_name(kind, name), kind, init_fn, apply_fn, True, (),
                  types.MappingProxyType(dict(config or {})), macs)
+
+
+def _default_name(kind: str, name) -> str:
+    """``name`` checked, or ``kind`` in snake case (``'BatchNorm'`` -> ``'batch_norm'``)."""
+    if name is None:
+        return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(kind))
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError(f"{kind}: name must be a non-empty string without '/'; got {name!r}")
+    return name
 
 
 # -- helpers for combinators and leaf layers ---------------------------------

@@ -292,3 +292,11 @@ def test_higher_order_grad_through_dag():
     fd = jax.tree_util.tree_map(lambda a, b: (a - b) / (2 * eps), jax.grad(f)(shift(eps)), jax.grad(f)(shift(-eps)))
     for a, b in zip(jax.tree_util.tree_leaves(hvp), jax.tree_util.tree_leaves(fd)):
         np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_names_are_validated_and_snake_case_by_default():
+    assert L.Sum().name == "sum" and L.Serial(L.Dense(2)).name == "serial"
+    for make in (lambda: L.Serial(L.Dense(2), name="a/b"), lambda: L.Sum(name=""),
+                 lambda: L.Dense(2, name="x/y")):
+        with pytest.raises(ConfigError, match="name must be a non-empty string"):
+            make()
