@@ -9,10 +9,11 @@ from __future__ import annotations
 import jax
 from jax.nn import initializers
 
-from ._basic import Conv, ReLU
 from ._combinators import Residual, Serial
+from ._conv_layers import Conv
 from ._errors import ConfigError
 from ._norm import BatchNorm
+from ._simple_layers import ReLU
 
 # torchvision's ResNet initialisation: kaiming normal, fan_out, for relu.
 resnet_conv_init = initializers.variance_scaling(2.0, "fan_out", "normal")

@@ -10,48 +10,17 @@ train=...)`` returns ``(y, new_state)``.
 """
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 
+from ._checks import channels
 from ._errors import ConfigError, ShapeError
 from ._layer import Layer, label, layer, stateful_layer
+from ._util import check_bool, check_name, check_real
 
 __all__ = ["BatchNorm", "LayerNorm"]
-
-
-def _name(kind: str, name, default: str) -> str:
-    if name is None:
-        return default
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError(f"{kind}: name must be a non-empty string without '/'; got {name!r}")
-    return name
-
-
-def _real(value, arg: str, where: str, lo: float, hi: float | None, lo_open: bool) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if ok:
-        v = float(value)
-        ok = (v > lo if lo_open else v >= lo) and (hi is None or v <= hi)
-    if not ok:
-        rng = f"{'>' if lo_open else '>='} {lo}" + ("" if hi is None else f" and <= {hi}")
-        raise ConfigError(f"{where}: {arg} must be a number {rng}; got {arg}={value!r}")
-    return float(value)
-
-
-def _bool(value, arg: str, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: {arg} must be True or False; got {arg}={value!r}")
-    return value
-
-
-def _channels(lab: str, shape, what: str) -> int:
-    if len(shape) < 2:
-        raise ShapeError(f"{lab}: input must be {what} with channels last (rank >= 2); got "
-                         f"input shape {tuple(shape)} (rank {len(shape)})")
-    return shape[-1]
 
 
 def _bcast(v, ndim: int):
@@ -122,17 +91,17 @@ def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
       ((8, 4, 4, 16), (16,))
     """
     kind = "BatchNorm"
-    name = _name(kind, name, "batch_norm")
+    name = check_name(kind, name, "batch_norm")
     where = f"{kind} '{name}'"
-    momentum = _real(momentum, "momentum", where, 0.0, 1.0, lo_open=False)
-    eps = _real(eps, "eps", where, 0.0, None, lo_open=True)
-    affine = _bool(affine, "affine", where)
+    momentum = check_real(momentum, "momentum", where, 0.0, 1.0, lo_open=False)
+    eps = check_real(eps, "eps", where, 0.0, None, lo_open=True)
+    affine = check_bool(affine, "affine", where)
     if axis_name is not None and not isinstance(axis_name, (str, tuple)):
         raise ConfigError(f"{where}: axis_name must be None, a str or a tuple of str; got "
                           f"axis_name={axis_name!r}")
 
     def init_fn(key, input_shape):
-        c = _channels(label(kind), input_shape, "[N, ..., C]")
+        c = channels(label(kind), input_shape, "[N, ..., C]")
         state = {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
         return input_shape, _affine_params(affine, c), state
 
@@ -140,7 +109,7 @@ def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
         lab = label(kind)
         x = jnp.asarray(x)
         shape = x.shape
-        c = _channels(lab, shape, "[N, ..., C]")
+        c = channels(lab, shape, "[N, ..., C]")
         if not isinstance(state, Mapping) or not {"mean", "var"} <= set(state):
             raise ConfigError(f"{lab}: state must be the dict {{'mean', 'var'}} returned by "
                               f"init; got {state!r}")
@@ -212,10 +181,10 @@ def LayerNorm(*, eps: float = 1e-5, elementwise_affine: bool = True,
       (8, 10, 32)
     """
     kind = "LayerNorm"
-    name = _name(kind, name, "layer_norm")
+    name = check_name(kind, name, "layer_norm")
     where = f"{kind} '{name}'"
-    eps = _real(eps, "eps", where, 0.0, None, lo_open=True)
-    affine = _bool(elementwise_affine, "elementwise_affine", where)
+    eps = check_real(eps, "eps", where, 0.0, None, lo_open=True)
+    affine = check_bool(elementwise_affine, "elementwise_affine", where)
 
     def check(lab, shape):
         if len(shape) < 1:

@@ -5,13 +5,14 @@ Data layout: channels last, ``x: [N, *spatial, C]``. A layer is a
 ``y = layer.apply(params, x)``; layers holding batch-norm statistics also take
 and return ``state``. See ``fundl/_layer.py`` for the protocol.
 """
-from ._basic import (ELU, GELU, AdaptiveAvgPool, AvgPool, Conv, ConvTranspose, Dense, Dropout,
-                     Flatten, GlobalAvgPool, Identity, LeakyReLU, LogSoftmax, MaxPool, ReLU,
-                     Sigmoid, Softmax, Softplus, Tanh)
 from ._blocks import BasicBlock, Bottleneck
 from ._combinators import Concat, Graph, Node, Parallel, Residual, Serial, Sum
+from ._conv_layers import Conv, ConvTranspose, Dense
 from ._layer import Layer, layer, stateful_layer
 from ._norm import BatchNorm, LayerNorm
+from ._pool_layers import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool
+from ._simple_layers import (ELU, GELU, Dropout, Flatten, Identity, LeakyReLU, LogSoftmax, ReLU,
+                             Sigmoid, Softmax, Softplus, Tanh)
 
 __all__ = [
     "Layer", "layer", "stateful_layer",

@@ -1,4 +1,4 @@
-"""Stateless leaf layers (fundl._basic): shape contract, exact values, params, init, errors."""
+"""Stateless leaf layers (fundl._conv_layers, _pool_layers, _simple_layers): shape contract, exact values, params, init, errors."""
 import math
 
 import jax
@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 
 from fundl import summary
-from fundl._basic import (ELU, GELU, AdaptiveAvgPool, AvgPool, Conv, ConvTranspose, Dense,
-                          Dropout, Flatten, GlobalAvgPool, Identity, LeakyReLU, LogSoftmax,
-                          MaxPool, ReLU, Sigmoid, Softmax, Softplus, Tanh)
 from fundl._combinators import Serial
 from fundl._conv import conv, conv_transpose
+from fundl._conv_layers import Conv, ConvTranspose, Dense
 from fundl._errors import ConfigError, ShapeError
 from fundl._init import (fan_in_conv, fan_in_conv_transpose, torch_conv_init,
                          torch_conv_transpose_init, torch_default, torch_dense_init)
+from fundl._pool_layers import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool
+from fundl._simple_layers import (ELU, GELU, Dropout, Flatten, Identity, LeakyReLU, LogSoftmax,
+                                  ReLU, Sigmoid, Softmax, Softplus, Tanh)
 
 KEY = jax.random.key(0)
 

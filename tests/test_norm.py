@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from fundl._basic import Conv, ReLU
 from fundl._combinators import Serial
+from fundl._conv_layers import Conv
 from fundl._errors import ConfigError, ShapeError
 from fundl._norm import BatchNorm, LayerNorm
+from fundl._simple_layers import ReLU
 
 KEY = jax.random.key(0)
 
