@@ -335,23 +335,19 @@ def Graph(inputs: str | Sequence[str], nodes: Sequence[Node], outputs: str | Seq
 
     def init_fn(key, shape):
         shapes = _bind(shape)
-        params, state, first = {}, {}, {}
+        params, state = {}, {}
         for (n, child), k in zip(children, split_key(key, len(children))):
             if owner[n] == n:
                 shapes[n], p, s = child.init_with_state(k, _inputs(shapes, n))
                 put(params, n, p)
                 put(state, n, s)
-                first[n] = jax.tree_util.tree_structure((p, s))
-            else:
-                shapes[n], p, s = _shared_init(child, k, _inputs(shapes, n))
-                o = owner[n]
-                if jax.tree_util.tree_structure((p, s)) != first[o] or any(
-                        a.shape != b.shape for a, b in zip(jax.tree_util.tree_leaves((p, s)),
-                                                           jax.tree_util.tree_leaves(
-                                                               (params.get(o, {}), state.get(o, {}))))):
-                    raise ShapeError(f"{label('Graph')}: node {n!r} shares parameters with {o!r}, but its "
-                                     f"layer needs parameters of another structure or shape for input "
-                                     f"{_inputs(shapes, n)}")
+                continue
+            shapes[n], p, s = _shared_init(child, k, _inputs(shapes, n))
+            o = owner[n]
+            if _shape_tree((p, s)) != _shape_tree((params.get(o, {}), state.get(o, {}))):
+                raise ShapeError(f"{label('Graph')}: node {n!r} shares parameters with {o!r}, but its "
+                                 f"layer needs parameters of another structure or shape for input "
+                                 f"{_inputs(shapes, n)}")
         return _out(shapes), params, state
 
     def apply_fn(params, state, x, *, key, train):
@@ -379,3 +375,8 @@ def _shared_init(child, key, shape):
     with shared_use():
         p, s = jax.eval_shape(f, key)
     return box["shape"], p, s
+
+
+def _shape_tree(tree):
+    """The tree with every array replaced by its shape, for structure comparisons."""
+    return jax.tree_util.tree_map(lambda a: ("array", tuple(a.shape)), tree)
