@@ -1,0 +1,90 @@
+"""Standardisation statistics computed from the training split only."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .._errors import ConfigError, ShapeError
+
+_CHUNK_ELEMS = 1 << 22  # ~4M values (32 MiB in float64) per chunk
+
+
+class Standardizer(NamedTuple):
+    """Mean and standard deviation of the training pixels; call it to standardise.
+
+    Attributes:
+      mean: a ``float`` (one statistic over every pixel) or a float64 ``[C]``
+        array (per channel).
+      std: same form as ``mean``; population standard deviation (``ddof=0``).
+
+    Calling ``s(x)`` returns ``(x - mean) / std`` as float32 with ``x``'s shape
+    (``[..., C]`` when per channel); it works on NumPy and JAX arrays alike
+    (a JAX array stays on its device).
+    """
+
+    mean: float | np.ndarray
+    std: float | np.ndarray
+
+    def __call__(self, x):
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        return (x.astype(np.float32) - mean) / std
+
+
+def standardizer(x_train, *, per_channel: bool | None = None) -> Standardizer:
+    """Statistics of the training set, for ``(x - mean) / std``.
+
+    Computed in float64, chunk by chunk along the first axis (two passes: mean,
+    then mean squared deviation), so a uint8 data set never needs a float copy.
+    Use the training split only, so the test set stays unseen.
+
+    Args:
+      x_train: ``[N, ..., C]`` array, typically ``[N, H, W, C]`` uint8.
+      per_channel: ``True``: one mean/std per channel (last axis), returned as
+        ``[C]`` arrays; ``False``: one scalar over all values. Default: per
+        channel for ``[N, H, W, C]`` data with ``C > 1`` (RGB), scalar otherwise
+        (grayscale).
+
+    Returns:
+      :class:`Standardizer` ``(mean, std)``.
+
+    Raises:
+      ShapeError: ``x_train`` is empty or a scalar.
+      ConfigError: a standard deviation is zero (constant data).
+
+    Example:
+      >>> import numpy as np
+      >>> x = np.array([0, 0, 255, 255], np.uint8).reshape(4, 1, 1, 1)
+      >>> s = standardizer(x)
+      >>> s
+      Standardizer(mean=127.5, std=127.5)
+      >>> s(x).ravel()
+      array([-1., -1.,  1.,  1.], dtype=float32)
+    """
+    x = np.asarray(x_train)
+    if x.ndim < 1 or x.size == 0:
+        raise ShapeError(f"standardizer: x_train must be a non-empty [N, ..., C] array; got shape {x.shape}")
+    if per_channel is None:
+        per_channel = x.ndim == 4 and x.shape[-1] > 1
+    if per_channel and x.ndim < 2:
+        raise ShapeError(f"standardizer: per_channel=True needs [N, ..., C] data; got shape {x.shape}")
+    axes = tuple(range(x.ndim - 1)) if per_channel else None
+    rows = max(1, _CHUNK_ELEMS // max(1, x[0].size))
+    count = x.size // x.shape[-1] if per_channel else x.size
+
+    def chunks():
+        for i in range(0, len(x), rows):
+            yield x[i:i + rows].astype(np.float64)
+
+    total = sum(c.sum(axis=axes) for c in chunks())
+    mean = total / count
+    sq = sum(np.square(c - mean).sum(axis=axes) for c in chunks())
+    std = np.sqrt(sq / count)
+    if np.any(std == 0):
+        which = f" in channel(s) {np.flatnonzero(std == 0).tolist()}" if per_channel else ""
+        raise ConfigError(f"standardizer: x_train has zero standard deviation{which} "
+                          f"(constant data): cannot divide by it")
+    if per_channel:
+        return Standardizer(mean, std)
+    return Standardizer(float(mean), float(std))
