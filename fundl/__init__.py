@@ -8,9 +8,11 @@ Public surface:
   * ``fundl.layers`` (``L``): layers and combinators;
   * ``fundl.models``: the model zoo;
   * ``fundl.train``: train/eval steps and a small fit loop;
-  * ``fundl.summary``: per-layer parameters and multiply-accumulates.
+  * ``fundl.summary``: per-layer parameters and multiply-accumulates;
+  * ``fundl.data``: local data sets, batching, prefetch, augmentation;
+  * ``fundl.experiment``: the resumable runner behind ``experiments/``.
 """
-from . import functional, layers, models, train
+from . import data, experiment, functional, layers, models, train
 from ._errors import ConfigError, FundlError, ShapeError
 from ._layer import Layer
 from ._summary import Summary, summary
@@ -18,5 +20,5 @@ from .train import count_params
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "layers", "models", "train", "summary", "Summary", "Layer",
+__all__ = ["data", "experiment", "functional", "layers", "models", "train", "summary", "Summary", "Layer",
            "count_params", "FundlError", "ShapeError", "ConfigError"]

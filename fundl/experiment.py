@@ -1,0 +1,424 @@
+"""Experiment runner: the resumable training loop behind ``experiments/*.py``.
+
+One call, :func:`run`, trains a model on in-memory arrays and writes, into an
+output directory ``OUT``::
+
+    OUT/config.json        the run's settings (checked again on --resume)
+    OUT/metrics.jsonl      one JSON line per epoch: epoch, train_loss, train_accuracy,
+                           test_loss, test_accuracy, epoch_seconds, examples_per_second, lr
+    OUT/curves.png         loss and error (1 - accuracy) vs epoch, train and test
+    OUT/checkpoints/<E>/   params, batch-norm state and optimizer state after epoch E,
+                           written with Orbax (atomic: a directory appears only when
+                           complete); the two newest are kept
+
+Reproducibility: epoch ``e`` (0-based) visits the training set in the order
+``fundl.data.batches(..., seed=seed, epoch=e)`` gives, and step ``i`` of it
+gets the key ``fold_in(fold_in(key(seed), e), i)`` (dropout, augmentation).
+Both depend on nothing else, so a run resumed after epoch ``E`` continues
+exactly as if it had never stopped: on the same backend its parameters equal,
+bit for bit, those of an uninterrupted run.
+
+Helpers shared by the runners: :func:`make_schedule`, :func:`make_optimizer`,
+:func:`add_training_flags`, :func:`read_metrics`, :func:`plot_curves`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._errors import ConfigError, ShapeError
+from ._layer import Layer
+from .data import batches, prefetch_to_device
+from .train import make_eval_step, make_train_step, param_labels
+
+__all__ = ["run", "steps_per_epoch", "make_schedule", "make_optimizer", "add_training_flags", "read_metrics",
+           "plot_curves", "SCHEDULES", "OPTIMIZERS"]
+
+SCHEDULES = ("constant", "step", "cosine")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+# Settings that may change between a run and its --resume without changing the result.
+_RESUMABLE_CHANGES = {"resume", "progress", "out", "data_dir", "stop_after", "epochs"}
+_KEEP_CHECKPOINTS = 2
+
+
+# -- optimizers ------------------------------------------------------------------
+
+def make_schedule(name: str, lr: float, *, epochs: int, steps_per_epoch: int,
+                  milestones: tuple[float, ...] = (0.5, 0.75), gamma: float = 0.1):
+    """A learning-rate schedule over ``epochs * steps_per_epoch`` steps.
+
+    Args:
+      name: ``'constant'``; ``'step'`` (multiply by ``gamma`` at each fraction of
+        training in ``milestones``, rounded to whole epochs, as PyTorch's
+        ``MultiStepLR`` stepped per epoch); ``'cosine'`` (cosine decay from
+        ``lr`` to 0 over all steps, per step).
+      lr: the initial learning rate.
+      epochs: total epochs of the run.
+      steps_per_epoch: optimizer steps per epoch.
+      milestones: fractions of ``epochs`` for ``'step'``.
+      gamma: the factor for ``'step'``.
+
+    Returns:
+      A float (``'constant'``) or an Optax schedule ``step -> lr``.
+
+    Example:
+      >>> s = make_schedule("step", 0.1, epochs=4, steps_per_epoch=10)
+      >>> [round(float(s(i)), 4) for i in (0, 19, 20, 30)]
+      [0.1, 0.1, 0.01, 0.001]
+    """
+    if name not in SCHEDULES:
+        raise ConfigError(f"make_schedule: unknown schedule name={name!r}; expected one of {list(SCHEDULES)}")
+    if name == "constant":
+        return lr
+    total = max(1, epochs * steps_per_epoch)
+    if name == "cosine":
+        return optax.cosine_decay_schedule(init_value=lr, decay_steps=total)
+    # Milestone epochs are floored (0.75 * 10 -> epoch 7), as int() would in a PyTorch script.
+    bounds = sorted({math.floor(f * epochs) * steps_per_epoch for f in milestones} - {0})
+    return optax.piecewise_constant_schedule(lr, {b: gamma for b in bounds})
+
+
+def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """An Optax optimizer by name, with PyTorch's conventions.
+
+    Args:
+      name: ``'sgd'`` (plain), ``'momentum'`` (heavy ball, PyTorch's
+        ``SGD(momentum=m)``), ``'nesterov'``, ``'adam'``, ``'adamw'``.
+      learning_rate: a float or an Optax schedule.
+      momentum: for ``'momentum'`` and ``'nesterov'``.
+      weight_decay: L2 coefficient on the weights (``'w'`` leaves; biases and
+        batch-norm scales are not decayed), added to the gradient as in
+        PyTorch's ``weight_decay=`` for the SGD family and ``'adam'``; decoupled
+        for ``'adamw'``.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example:
+      >>> opt = make_optimizer("momentum", 0.1, weight_decay=5e-4)
+    """
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"make_optimizer: unknown optimizer name={name!r}; expected one of {list(OPTIMIZERS)}")
+    if weight_decay < 0:
+        raise ConfigError(f"make_optimizer: weight_decay must be >= 0; got {weight_decay}")
+
+    def decay_mask(params):
+        return param_labels(params, {"*/w": True}, default=False)
+
+    if name == "adamw":
+        return optax.adamw(learning_rate, weight_decay=weight_decay, mask=decay_mask)
+    base = {"sgd": lambda: optax.sgd(learning_rate),
+            "momentum": lambda: optax.sgd(learning_rate, momentum=momentum),
+            "nesterov": lambda: optax.sgd(learning_rate, momentum=momentum, nesterov=True),
+            "adam": lambda: optax.adam(learning_rate)}[name]()
+    if weight_decay == 0:
+        return base
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask), base)
+
+
+def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int,
+                       optimizer: str, lr: float, schedule: str, momentum: float,
+                       weight_decay: float, out: str) -> None:
+    """Add the flags every runner shares to ``parser``, with the runner's defaults.
+
+    Flags: ``--epochs --batch-size --optimizer --lr --momentum --weight-decay
+    --schedule --seed --out --resume --stop-after --no-progress --limit-train
+    --limit-test --eval-batch-size``.
+    """
+    a = parser.add_argument
+    a("--epochs", type=int, default=epochs, help=f"passes over the training set (default {epochs})")
+    a("--batch-size", type=int, default=batch_size, help=f"examples per SGD step (default {batch_size})")
+    a("--optimizer", choices=OPTIMIZERS, default=optimizer, help=f"(default {optimizer})")
+    a("--lr", type=float, default=lr, help=f"initial learning rate (default {lr})")
+    a("--momentum", type=float, default=momentum,
+      help=f"for --optimizer momentum/nesterov (default {momentum})")
+    a("--weight-decay", type=float, default=weight_decay,
+      help=f"L2 on the weights, not biases or batch-norm scales (default {weight_decay})")
+    a("--schedule", choices=SCHEDULES, default=schedule,
+      help=f"learning-rate schedule: step = x0.1 at 50%% and 75%% of the epochs, cosine = per step to 0 "
+           f"(default {schedule})")
+    a("--seed", type=int, default=0, help="seed of initialisation, data order, dropout, augmentation (default 0)")
+    a("--out", type=pathlib.Path, default=pathlib.Path(out),
+      help=f"output directory: metrics.jsonl, curves.png, checkpoints/ (default {out})")
+    a("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    a("--stop-after", type=int, default=None, metavar="E",
+      help="end this invocation after epoch E (the schedule still spans --epochs); "
+           "continue later with --resume")
+    a("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    a("--limit-train", type=int, default=None, metavar="N", help="train on the first N examples only")
+    a("--limit-test", type=int, default=None, metavar="N", help="evaluate on the first N test examples only")
+    a("--eval-batch-size", type=int, default=1000, help="examples per evaluation call (default 1000)")
+
+
+# -- metrics and plots -------------------------------------------------------------
+
+def read_metrics(path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file, one dict per epoch, in order (``[]`` if absent)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_metrics(path: pathlib.Path, records: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)  # atomic: a reader sees the old or the new file, never half
+
+
+def plot_curves(records: list[dict], path, *, title: str = "") -> pathlib.Path:
+    """Training curves: loss (left) and error = 1 - accuracy (right) vs epoch, train and test.
+
+    Args:
+      records: :func:`read_metrics` output (keys ``epoch``, ``train_loss``,
+        ``test_loss``, ``train_accuracy``, ``test_accuracy``; ``None`` values are skipped).
+      path: the PNG to write (written to a temporary name, then renamed).
+      title: the figure's title.
+
+    Returns:
+      ``path`` as a ``Path``.
+    """
+    import matplotlib
+    matplotlib.use("Agg", force=False)  # no display needed
+    import matplotlib.pyplot as plt
+
+    path = pathlib.Path(path)
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for ax, metric, to_y, label in ((ax_loss, "loss", lambda v: v, "cross-entropy loss"),
+                                    (ax_err, "accuracy", lambda v: 1 - v, "error (1 - accuracy)")):
+        for split, style in (("train", "o-"), ("test", "s--")):
+            pts = [(r["epoch"], to_y(r[f"{split}_{metric}"])) for r in records
+                   if r.get(f"{split}_{metric}") is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, label=split, markersize=4)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        if metric == "accuracy":
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# -- checkpoints -------------------------------------------------------------------
+
+def _checkpoint_manager(directory: pathlib.Path):
+    import orbax.checkpoint as ocp
+    return ocp.CheckpointManager(directory.resolve(), options=ocp.CheckpointManagerOptions(
+        max_to_keep=_KEEP_CHECKPOINTS, create=True))
+
+
+def _save(manager, epoch: int, tree) -> None:
+    import orbax.checkpoint as ocp
+    # Orbax copies the arrays to the host before save() returns, so the next
+    # (donating) train step may reuse their buffers while the write goes on.
+    manager.save(epoch, args=ocp.args.Composite(train=ocp.args.StandardSave(tree),
+                                                meta=ocp.args.JsonSave({"epoch": epoch})))
+
+
+def _restore(manager, like):
+    import orbax.checkpoint as ocp
+    epoch = manager.latest_step()
+    if epoch is None:
+        return 0, like
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    got = manager.restore(epoch, args=ocp.args.Composite(train=ocp.args.StandardRestore(abstract),
+                                                         meta=ocp.args.JsonRestore()))
+    if got.meta["epoch"] != epoch:
+        raise ConfigError(f"checkpoint {manager.directory}/{epoch} says epoch {got.meta['epoch']}")
+    return epoch, got.train
+
+
+# -- the loop ----------------------------------------------------------------------
+
+def _check_config(out: pathlib.Path, config: Mapping[str, Any], resume: bool) -> None:
+    path = out / "config.json"
+    config = json.loads(json.dumps(dict(config), default=str))  # as it will read back
+    if resume and path.exists():
+        saved = json.loads(path.read_text())
+        diff = {k: (saved.get(k), config.get(k)) for k in set(saved) | set(config)
+                if k not in _RESUMABLE_CHANGES and saved.get(k) != config.get(k)}
+        if diff:
+            lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise ConfigError(f"--resume: the settings differ from the run in {out} ({lines}); "
+                              "resume with the same settings or use a new --out")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _check_arrays(name, data):
+    x, y = data
+    if len(x) != len(y) or len(x) == 0:
+        raise ShapeError(f"run: {name} must be non-empty (x, y) arrays of one length; "
+                         f"got len(x)={len(x)}, len(y)={len(y)}")
+    return np.asarray(x), np.asarray(y)
+
+
+def _evaluate(eval_step, params, state, x, y, transform, batch_size):
+    sums = []
+    for i in range(0, len(x), batch_size):
+        xb = transform(x[i:i + batch_size])
+        sums.append(eval_step(params, state, (jnp.asarray(xb), jnp.asarray(y[i:i + batch_size]))))
+    sums = jax.device_get(sums)  # one host sync for the whole pass
+    n = sum(int(s["count"]) for s in sums)
+    return (float(sum(np.float64(s["loss_sum"]) for s in sums) / n),
+            sum(int(s["correct"]) for s in sums) / n)
+
+
+def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, out,
+        epochs: int, batch_size: int, seed: int = 0, transform: Callable | None = None,
+        augment: Callable | None = None, resume: bool = False, stop_after: int | None = None,
+        progress: bool = True, eval_batch_size: int = 1000, config: Mapping[str, Any] | None = None,
+        learning_rate: Callable | float | None = None, log_every: int = 10,
+        title: str = "") -> list[dict]:
+    """Train ``model`` for ``epochs`` epochs with checkpoints, metrics and curves in ``out``.
+
+    Args:
+      model: a classifier ``[N, H, W, C] -> [N, num_classes]``.
+      optimizer: an Optax optimizer (e.g. from :func:`make_optimizer`).
+      train: ``(x, y)`` host arrays, ``x: [N, H, W, C]`` (e.g. ``uint8``), ``y: [N]`` int.
+      test: ``(x, y)`` host arrays, evaluated after every epoch.
+      out: output directory (created).
+      epochs: total epochs.
+      batch_size: examples per step; the last partial batch of an epoch is dropped
+        (one compiled shape; each epoch still sees a fresh order).
+      seed: seeds initialisation, data order, dropout and ``augment`` keys.
+      transform: host-side ``x_batch -> float32 x_batch`` applied to every train
+        and test batch (e.g. a :func:`fundl.data.standardizer`); default casts to float32.
+      augment: a jittable ``augment(key, x) -> x`` applied on the device to every
+        training batch after ``transform`` (e.g. :func:`fundl.data.augment_cifar`).
+      resume: continue from the latest checkpoint in ``out/checkpoints``, if any
+        (``config`` must match the saved one but for epochs and output options).
+      stop_after: end after this epoch (a planned interruption); ``None``: run to ``epochs``.
+      progress: a tqdm bar on stderr with live loss and examples/s.
+      eval_batch_size: examples per evaluation call.
+      config: the settings to record in ``out/config.json`` (JSON-able).
+      learning_rate: the schedule, to record the learning rate of each epoch in the metrics.
+      log_every: steps between reads of the loss from the device (each read waits for it).
+      title: the curves figure's title.
+
+    Returns:
+      All epoch records of the run (those restored from ``metrics.jsonl`` on
+      resume included), as written to ``metrics.jsonl``.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(model, Layer):
+        raise ConfigError(f"run: model must be a fundl Layer; got {type(model).__name__}")
+    x_train, y_train = _check_arrays("train", train)
+    x_test, y_test = _check_arrays("test", test)
+    for arg, value, lo in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
+                           ("eval_batch_size", eval_batch_size, 1), ("log_every", log_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ConfigError(f"run: {arg} must be an int >= {lo}; got {arg}={value!r}")
+    steps = len(x_train) // batch_size
+    if steps == 0:
+        raise ConfigError(f"run: batch_size={batch_size} exceeds the {len(x_train)} training "
+                          "examples; lower --batch-size")
+    transform = transform or (lambda a: np.asarray(a, np.float32))
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, dict(config or {}), resume)
+
+    t_run = time.perf_counter()
+    root = jax.random.key(seed)
+    input_shape = (batch_size, *x_train.shape[1:])
+    # One compiled init instead of one small compilation per layer.
+    _, params, state = jax.jit(model.init_with_state, static_argnums=1)(root, input_shape)
+    opt_state = jax.jit(optimizer.init)(params)
+    manager = _checkpoint_manager(out / "checkpoints")
+    start = 0
+    records: list[dict] = []
+    if resume:
+        start, tree = _restore(manager, {"params": params, "state": state, "opt_state": opt_state})
+        params, state, opt_state = tree["params"], tree["state"], tree["opt_state"]
+        records = [r for r in read_metrics(out / "metrics.jsonl") if r["epoch"] <= start]
+        print(f"resumed from {out / 'checkpoints'} after epoch {start}" if start else
+              f"--resume: no checkpoint in {out / 'checkpoints'}; starting from scratch", flush=True)
+    elif manager.latest_step() is not None:
+        raise ConfigError(f"run: {out / 'checkpoints'} already holds checkpoints; pass --resume to "
+                          "continue that run, or choose another --out")
+    _write_metrics(out / "metrics.jsonl", records)
+
+    step_fn = make_train_step(model, optimizer)
+    eval_step = make_eval_step(model)
+    augment_fn = jax.jit(augment) if augment is not None else None
+    last = epochs if stop_after is None else min(epochs, stop_after)
+    for epoch in range(start, last):
+        t0 = time.perf_counter()
+        epoch_key = jax.random.fold_in(root, epoch)
+        loss_sum, correct, seen, shown = jnp.zeros(()), jnp.zeros(()), 0, 0.0
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
+                   disable=not progress, dynamic_ncols=True)
+        t_log = time.perf_counter()
+        # transform and host-to-device copy run in a background thread, a batch ahead.
+        it = prefetch_to_device(batches(x_train, y_train, batch_size, seed=seed, epoch=epoch,
+                                        drop_remainder=True),
+                                transform=lambda b: (transform(b[0]), b[1]))
+        for i, (xb, yb) in enumerate(it):
+            key = jax.random.fold_in(epoch_key, i)
+            if augment_fn is not None:
+                xb = augment_fn(jax.random.fold_in(key, 1), xb)
+            params, state, opt_state, m = step_fn(params, state, opt_state, (xb, yb), key)
+            loss_sum, correct = loss_sum + m["loss"] * len(yb), correct + m["accuracy"] * len(yb)
+            seen += len(yb)
+            if progress and ((i + 1) % log_every == 0 or i + 1 == steps):
+                now = time.perf_counter()
+                shown = float(loss_sum) / seen  # the only host sync in the loop
+                bar.set_postfix(loss=f"{shown:.4f}", ex_s=f"{log_every * batch_size / (now - t_log):.0f}",
+                                refresh=False)
+                bar.update(i + 1 - bar.n)
+                t_log = now
+        bar.close()
+        train_loss, train_acc = float(loss_sum) / seen, float(correct) / seen  # waits for the last step
+        train_seconds = time.perf_counter() - t0
+        test_loss, test_acc = _evaluate(eval_step, params, state, x_test, y_test, transform,
+                                        eval_batch_size)
+        record = {"epoch": epoch + 1, "train_loss": train_loss,
+                  "train_accuracy": train_acc, "test_loss": test_loss,
+                  "test_accuracy": test_acc, "epoch_seconds": time.perf_counter() - t0,
+                  "examples_per_second": seen / train_seconds}
+        if learning_rate is not None:
+            record["lr"] = float(learning_rate((epoch + 1) * steps - 1) if callable(learning_rate)
+                                 else learning_rate)
+        _save(manager, epoch + 1, {"params": params, "state": state, "opt_state": opt_state})
+        records.append(record)
+        _write_metrics(out / "metrics.jsonl", records)
+        plot_curves(records, out / "curves.png", title=title)
+        print(f"epoch {epoch + 1}/{epochs}  train_loss={record['train_loss']:.4f}  "
+              f"test_loss={test_loss:.4f}  test_accuracy={test_acc:.4f}  "
+              f"{record['epoch_seconds']:.1f}s  {record['examples_per_second']:.0f} ex/s", flush=True)
+    manager.wait_until_finished()
+    manager.close()
+    print(f"done: epochs {start + 1}..{last} in {time.perf_counter() - t_run:.1f}s; wrote {out}/"
+          if last > start else f"done: nothing to train (epoch {start} of {epochs}); {out}/", flush=True)
+    if records:
+        test_acc = records[-1]["test_accuracy"]
+    else:  # epochs=0: report the untrained model
+        test_acc = _evaluate(eval_step, params, state, x_test, y_test, transform, eval_batch_size)[1]
+    print(f"test_accuracy={test_acc:.4f}", flush=True)
+    return records
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps per epoch for ``n`` examples (the last partial batch is dropped)."""
+    return max(1, n // batch_size)
+
