@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=1, help="training epochs for convnet_mnist (default 1)")
     p.add_argument("--limit-train", type=int, default=None,
                    help="train on the first N training images only (default: all)")
+    p.add_argument("--from-run", type=pathlib.Path, default=None, metavar="DIR",
+                   help="show the convnet_mnist trained by experiments/mnist.py --out DIR (its latest "
+                        "checkpoint and normalisation) instead of training one here")
     p.add_argument("--index", type=int, default=0, help="which test digit to show (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and shuffling (default 0)")
     return p.parse_args(argv)
@@ -230,6 +233,27 @@ def plot_activations(image, maps, path, title):
 
 # -- main ----------------------------------------------------------------------------
 
+def load_run(run_dir: pathlib.Path):
+    """``(params, standardize, test_accuracy, description)`` of a run of experiments/mnist.py.
+
+    ``standardize`` maps images in [0, 1] (this script's scale) to the run's input:
+    ``(255 x - mean) / std`` with the statistics recorded in ``config.json``.
+    """
+    import json
+
+    from fundl.experiment import load_checkpoint, read_metrics
+
+    config = json.loads((run_dir / "config.json").read_text())
+    if config.get("model") != "convnet_mnist":
+        raise SystemExit(f"--from-run {run_dir}: trained model {config.get('model')!r}, "
+                         "expected 'convnet_mnist'")
+    epoch, tree = load_checkpoint(run_dir)
+    mean, std = (np.float32(config["norm"][k]) for k in ("mean", "std"))
+    acc = next(r["test_accuracy"] for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] == epoch)
+    what = f"convnet_mnist from {run_dir}, epoch {epoch} (test acc {acc:.4f})"
+    return tree["params"], lambda x: (np.float32(255) * x - mean) / std, acc, what
+
+
 def main(argv=None):
     args = parse_args(argv)
     import matplotlib
@@ -247,9 +271,12 @@ def main(argv=None):
 
     plot_handset(digit, HANDSET, apply_filters(digit), paths["handset_filters"], source)
 
-    model, params, standardize, acc = train_convnet(train, test, epochs=args.epochs, seed=args.seed)
-    what = (f"convnet_mnist, {args.epochs} epoch(s) on {len(train[0]):,} {source} images "
-            f"(test acc {acc:.4f})")
+    if args.from_run is not None:
+        params, standardize, acc, what = load_run(args.from_run)
+    else:
+        _, params, standardize, acc = train_convnet(train, test, epochs=args.epochs, seed=args.seed)
+        what = (f"convnet_mnist, {args.epochs} epoch(s) on {len(train[0]):,} {source} images "
+                f"(test acc {acc:.4f})")
     plot_learned(params["conv1"]["w"], paths["learned_filters"], f"Learned conv1 5x5 filters\n{what}")
     maps = np.asarray(F.conv(standardize(digit[None, :, :, None]), params["conv1"]["w"],
                              params["conv1"]["b"]))[0]

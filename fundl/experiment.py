@@ -19,7 +19,8 @@ exactly as if it had never stopped: on the same backend its parameters equal,
 bit for bit, those of an uninterrupted run.
 
 Helpers shared by the runners: :func:`make_schedule`, :func:`make_optimizer`,
-:func:`add_training_flags`, :func:`read_metrics`, :func:`plot_curves`.
+:func:`add_training_flags`, :func:`read_metrics`, :func:`plot_curves`,
+:func:`load_checkpoint`.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from ._layer import Layer
 from .data import batches, prefetch_to_device
 from .train import make_eval_step, make_train_step, param_labels
 
-__all__ = ["run", "steps_per_epoch", "make_schedule", "make_optimizer", "add_training_flags", "read_metrics",
+__all__ = ["run", "load_checkpoint", "steps_per_epoch", "make_schedule", "make_optimizer", "add_training_flags", "read_metrics",
            "plot_curves", "SCHEDULES", "OPTIMIZERS"]
 
 SCHEDULES = ("constant", "step", "cosine")
@@ -246,6 +247,36 @@ def _restore(manager, like):
     if got.meta["epoch"] != epoch:
         raise ConfigError(f"checkpoint {manager.directory}/{epoch} says epoch {got.meta['epoch']}")
     return epoch, got.train
+
+
+def load_checkpoint(out, epoch: int | None = None) -> tuple[int, dict]:
+    """Read a checkpoint written by :func:`run` (e.g. to evaluate or visualise a trained model).
+
+    Args:
+      out: the run's output directory (holding ``checkpoints/``).
+      epoch: which epoch's checkpoint; ``None`` for the latest.
+
+    Returns:
+      ``(epoch, tree)`` with ``tree = {'params', 'state', 'opt_state'}``; ``params``
+      and ``state`` have the model's nested-dict structure (NumPy arrays),
+      ``opt_state`` Orbax's generic form (lists and dicts, not Optax's named tuples).
+
+    Raises:
+      ConfigError: no such checkpoint.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = pathlib.Path(out).resolve() / "checkpoints"
+    if not directory.is_dir():
+        raise ConfigError(f"load_checkpoint: no checkpoints/ in {out}; expected the --out of a run")
+    with ocp.CheckpointManager(directory) as manager:
+        have = sorted(manager.all_steps())
+        epoch = have[-1] if epoch is None and have else epoch
+        if epoch not in have:
+            raise ConfigError(f"load_checkpoint: no checkpoint of epoch {epoch} in {directory}; "
+                              f"have epochs {have}")
+        got = manager.restore(epoch, args=ocp.args.Composite(train=ocp.args.StandardRestore()))
+    return epoch, dict(got.train)
 
 
 # -- the loop ----------------------------------------------------------------------

@@ -52,11 +52,9 @@ def _last_line(capsys):
 
 
 def _restore_params(out: Path, epoch: int):
-    import orbax.checkpoint as ocp
-
-    with ocp.CheckpointManager(out.resolve() / "checkpoints") as mngr:
-        got = mngr.restore(epoch, args=ocp.args.Composite(train=ocp.args.StandardRestore()))
-    return got.train
+    got_epoch, tree = E.load_checkpoint(out, epoch)
+    assert got_epoch == epoch
+    return tree
 
 
 def _assert_trees_identical(a, b):
@@ -110,6 +108,12 @@ def test_mnist_smoke_real_data(tmp_path, capsys):
     assert lines[0]["epoch"] == 1 and lines[0]["lr"] == 0.1
     assert 0.2 < lines[0]["test_accuracy"] <= 1.0  # 5 SGD steps on real digits beat chance (0.1)
     assert (out / "checkpoints" / "1").is_dir()
+    epoch, tree = E.load_checkpoint(out)
+    assert epoch == 1 and tree["params"]["conv1"]["w"].shape == (5, 5, 1, 32)
+    with pytest.raises(fundl.ConfigError, match=r"no checkpoint of epoch 7 .* have epochs \[1\]"):
+        E.load_checkpoint(out, 7)
+    with pytest.raises(fundl.ConfigError, match="no checkpoints/ in"):
+        E.load_checkpoint(tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert config["limit_train"] == 500 and config["model"] == "convnet_mnist"
 

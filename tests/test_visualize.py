@@ -110,3 +110,20 @@ def test_main_on_mnist(vf, tmp_path, capsys):
     acc = float(printed.split("test_accuracy=")[1].split()[0])
     assert acc > 0.2  # 5 SGD steps on 500 digits (0.31-0.41 over seeds 0-2): above chance (0.1)
     check_pngs(vf, paths, out)
+
+
+def test_main_from_a_run_of_the_mnist_runner(vf, tmp_path, capsys):
+    """--from-run shows the runner's trained conv1 (its checkpoint), not a newly trained one."""
+    spec = importlib.util.spec_from_file_location("mnist_runner", REPO / "experiments" / "mnist.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    run_dir = tmp_path / "run"
+    records = runner.main(["--synthetic", "200", "--epochs", "1", "--out", str(run_dir), "--no-progress"])
+    paths = vf.main(["--out", str(tmp_path / "filters"), "--source", "sklearn", "--from-run", str(run_dir)])
+    printed = capsys.readouterr().out
+    assert f"test_accuracy={records[-1]['test_accuracy']:.4f}" in printed
+    check_pngs(vf, paths, tmp_path / "filters")
+    with pytest.raises(SystemExit, match="expected 'convnet_mnist'"):
+        cfg = run_dir / "config.json"
+        cfg.write_text(cfg.read_text().replace('"convnet_mnist"', '"mlp"'))
+        vf.main(["--out", str(tmp_path / "f2"), "--source", "sklearn", "--from-run", str(run_dir)])
