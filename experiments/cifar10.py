@@ -51,23 +51,11 @@ def parse_args(argv=None):
 
 def load_data(args):
     """``(train, test, description)``; train/test are ``(x uint8 [N, 32, 32, 3], y int32 [N])``."""
-    import numpy as np
+    from fundl.experiment import load_splits
 
-    import fundl.data as D
-
-    if args.synthetic is not None:
-        rng = np.random.default_rng(args.seed)
-        make = lambda n: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                          rng.integers(0, 10, n).astype(np.int32))
-        train, test = make(args.synthetic), make(max(1, args.synthetic // 4))
-        source = f"{args.synthetic} synthetic images"
-    else:
-        train, test = (D.load("cifar10", split, data_dir=args.data_dir, source=args.source)[:2]
-                       for split in ("train", "test"))
-        source = f"cifar10 ({args.source}) from {args.data_dir or 'the default locations'}"
-    train = tuple(a[:args.limit_train] for a in train)
-    test = tuple(a[:args.limit_test] for a in test)
-    return train, test, source
+    return load_splits("cifar10", image_shape=(32, 32, 3), data_dir=args.data_dir, source=args.source,
+                       synthetic=args.synthetic, seed=args.seed, limit_train=args.limit_train,
+                       limit_test=args.limit_test)
 
 
 def main(argv=None):

@@ -44,23 +44,12 @@ def parse_args(argv=None):
 
 
 def load_data(args):
-    """``(train, test)`` as ``(x uint8 [N, 28, 28, 1], y int32 [N])`` pairs, limits applied."""
-    import numpy as np
+    """``(train, test, description)``; train/test are ``(x uint8 [N, 28, 28, 1], y int32 [N])``."""
+    from fundl.experiment import load_splits
 
-    import fundl.data as D
-
-    if args.synthetic is not None:
-        rng = np.random.default_rng(args.seed)
-        make = lambda n: (rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
-                          rng.integers(0, 10, n).astype(np.int32))
-        train, test = make(args.synthetic), make(max(1, args.synthetic // 4))
-        source = f"{args.synthetic} synthetic images"
-    else:
-        train, test = (D.load(args.dataset, split, data_dir=args.data_dir)[:2] for split in ("train", "test"))
-        source = f"{args.dataset} from {args.data_dir}"
-    train = tuple(a[:args.limit_train] for a in train)
-    test = tuple(a[:args.limit_test] for a in test)
-    return train, test, source
+    return load_splits(args.dataset, image_shape=(28, 28, 1), data_dir=args.data_dir,
+                       synthetic=args.synthetic, seed=args.seed, limit_train=args.limit_train,
+                       limit_test=args.limit_test)
 
 
 def build_model(name: str):

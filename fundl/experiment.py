@@ -43,7 +43,7 @@ from ._layer import Layer
 from .data import batches, prefetch_to_device
 from .train import make_eval_step, make_train_step, param_labels
 
-__all__ = ["run", "load_checkpoint", "steps_per_epoch", "make_schedule", "make_optimizer", "add_training_flags", "read_metrics",
+__all__ = ["run", "load_checkpoint", "load_splits", "steps_per_epoch", "make_schedule", "make_optimizer", "add_training_flags", "read_metrics",
            "plot_curves", "SCHEDULES", "OPTIMIZERS"]
 
 SCHEDULES = ("constant", "step", "cosine")
@@ -161,6 +161,43 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
     a("--limit-train", type=int, default=None, metavar="N", help="train on the first N examples only")
     a("--limit-test", type=int, default=None, metavar="N", help="evaluate on the first N test examples only")
     a("--eval-batch-size", type=int, default=1000, help="examples per evaluation call (default 1000)")
+
+
+def load_splits(name: str, *, image_shape: tuple[int, int, int], data_dir=None, source: str = "auto",
+                synthetic: int | None = None, seed: int = 0, limit_train: int | None = None,
+                limit_test: int | None = None):
+    """Train and test arrays for a runner: a named data set, or random images.
+
+    Args:
+      name: a :func:`fundl.data.load` name (``'mnist'``, ``'cifar10'``, ...).
+      image_shape: ``(H, W, C)`` of the synthetic images.
+      data_dir: passed to :func:`fundl.data.load`.
+      source: passed to :func:`fundl.data.load`.
+      synthetic: if given, ``synthetic`` random ``uint8`` training images and
+        ``max(1, synthetic // 4)`` test images with random labels in ``[0, 10)``
+        (from ``seed``) instead of real data: a pipeline check needing no files.
+      seed: seeds the synthetic arrays.
+      limit_train: keep the first ``limit_train`` training examples.
+      limit_test: keep the first ``limit_test`` test examples.
+
+    Returns:
+      ``(train, test, description)`` with ``train = (x uint8 [N, H, W, C], y int32 [N])``.
+    """
+    from .data import load
+
+    if synthetic is not None:
+        rng = np.random.default_rng(seed)
+
+        def make(n):
+            return (rng.integers(0, 256, (n, *image_shape), dtype=np.uint8),
+                    rng.integers(0, 10, n).astype(np.int32))
+
+        train, test = make(synthetic), make(max(1, synthetic // 4))
+        description = f"{synthetic} synthetic {'x'.join(map(str, image_shape))} images"
+    else:
+        train, test = (load(name, split, data_dir=data_dir, source=source)[:2] for split in ("train", "test"))
+        description = f"{name} from {data_dir or 'the default locations'}"
+    return (tuple(a[:limit_train] for a in train), tuple(a[:limit_test] for a in test), description)
 
 
 # -- metrics and plots -------------------------------------------------------------

@@ -255,3 +255,13 @@ def test_cifar10_on_tfds_copy_and_synthetic(tfds_dir, no_download, tmp_path, cap
                                    "--out", str(tmp_path / "syn"), "--no-progress", "--no-augment"])
     assert len(synthetic) == 1 and np.isfinite(synthetic[0]["train_loss"])
     assert "no augmentation" in capsys.readouterr().out
+
+
+def test_load_splits_synthetic_and_limits():
+    train, test, text = E.load_splits("cifar10", image_shape=(4, 5, 3), synthetic=40, seed=1,
+                                      limit_train=30, limit_test=None)
+    assert train[0].shape == (30, 4, 5, 3) and train[0].dtype == np.uint8
+    assert test[0].shape == (10, 4, 5, 3) and test[1].dtype == np.int32
+    assert 0 <= train[1].min() and train[1].max() < 10 and text == "40 synthetic 4x5x3 images"
+    again = E.load_splits("cifar10", image_shape=(4, 5, 3), synthetic=40, seed=1)
+    np.testing.assert_array_equal(again[0][0][:30], train[0])  # the seed fixes the arrays
