@@ -62,6 +62,9 @@ def build_model(name: str):
 
 def main(argv=None):
     args = parse_args(argv)
+    import fundl.distributed
+    if fundl.distributed.requested():  # FUNDL_COORDINATOR etc. set: one of several processes
+        fundl.distributed.initialize()
     import jax
     import numpy as np
 
@@ -80,10 +83,13 @@ def main(argv=None):
           f"{args.model}, {args.optimizer} lr {args.lr} ({args.schedule}), batch {args.batch_size}, "
           f"{args.epochs} epochs -> {args.out}", flush=True)
     config = {k: v for k, v in vars(args).items() if k != "no_progress"}
+    if not args.data_parallel:  # keeps config.json of earlier runs resumable
+        del config["data_parallel"]
     config["norm"] = {"mean": np.asarray(norm.mean).tolist(), "std": np.asarray(norm.std).tolist()}
     records = run(model, opt, train, test, out=args.out, epochs=args.epochs,
                   batch_size=args.batch_size, seed=args.seed, transform=norm, resume=args.resume,
                   stop_after=args.stop_after, progress=not args.no_progress,
+                  data_parallel=args.data_parallel,
                   eval_batch_size=args.eval_batch_size, config=config, learning_rate=lr,
                   title=f"{args.model} on {args.dataset if args.synthetic is None else 'synthetic'}")
     return records

@@ -10,9 +10,12 @@ Public surface:
   * ``fundl.train``: train/eval steps and a small fit loop;
   * ``fundl.summary``: per-layer parameters and multiply-accumulates;
   * ``fundl.data``: local data sets, batching, prefetch, augmentation;
-  * ``fundl.experiment``: the resumable runner behind ``experiments/``.
+  * ``fundl.experiment``: the resumable runner behind ``experiments/``;
+  * ``fundl.distributed``: several processes (hosts) training one model;
+  * ``fundl.autodiff``: Jacobians, Hessian-vector products, per-example gradients, gradient checks;
+  * ``fundl.viz``: the computation DAG of a function (and of its gradient) as Graphviz DOT.
 """
-from . import data, experiment, functional, layers, models, train
+from . import autodiff, data, distributed, experiment, functional, layers, models, train, viz
 from ._errors import ConfigError, FundlError, ShapeError
 from ._layer import Layer
 from ._summary import Summary, summary
@@ -20,5 +23,5 @@ from .train import count_params
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "experiment", "functional", "layers", "models", "train", "summary", "Summary", "Layer",
+__all__ = ["autodiff", "viz", "data", "distributed", "experiment", "functional", "layers", "models", "train", "summary", "Summary", "Layer",
            "count_params", "FundlError", "ShapeError", "ConfigError"]

@@ -10,7 +10,10 @@ train=...)`` returns ``(y, new_state)``.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +28,42 @@ __all__ = ["BatchNorm", "LayerNorm"]
 
 def _bcast(v, ndim: int):
     """``[C] -> [1, ..., 1, C]``: explicit, since strict mode forbids rank promotion."""
-    return v.reshape((1,) * (ndim - 1) + v.shape)
+    return v.reshape((1,) * (ndim - v.ndim) + v.shape)
+
+
+class _Mode(NamedTuple):
+    axis_name: object
+    sync: bool
+    groups: int
+
+
+_MODE: contextvars.ContextVar[_Mode | None] = contextvars.ContextVar("fundl_bn_mode", default=None)
+
+
+@contextlib.contextmanager
+def batch_stats_mode(*, axis_name=None, sync: bool = True, groups: int = 1):
+    """While tracing a data-parallel step: how BatchNorm layers without ``axis_name`` behave.
+
+    Used by :func:`fundl.train.make_train_step`; BatchNorm layers built with
+    their own ``axis_name`` keep it.
+
+    Args:
+      axis_name: the mapped device axis (``pmap``/``shard_map``), or ``None``.
+      sync: with ``axis_name``: ``True`` normalises with statistics averaged over
+        the axis (cross-replica); ``False`` with each device's own statistics,
+        the running statistics being updated with their average over devices.
+      groups: in a global-view (``jit``) step, split the batch into ``groups``
+        equal contiguous groups (one per device) and normalise each with its own
+        statistics ("ghost" batch norm); the running statistics are updated with
+        the average of the groups' statistics (mean, and unbiased variance).
+    """
+    if not isinstance(groups, int) or groups < 1:
+        raise ConfigError(f"batch_stats_mode: groups must be an int >= 1; got groups={groups!r}")
+    token = _MODE.set(_Mode(axis_name, bool(sync), groups))
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
 
 
 def _compute_dtype(dtype):
@@ -76,7 +114,9 @@ def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
       affine: learn a per-channel ``scale`` and ``bias``.
       axis_name: name of a mapped axis (``jax.vmap``/``pmap``/``shard_map``)
         to average the batch statistics over (cross-replica / synchronised
-        BN); every shard must hold the same number of elements.
+        BN); every shard must hold the same number of elements. Not needed
+        with ``make_train_step(..., parallel=...)``, which chooses synchronised
+        or per-device statistics with its ``sync_batch_stats`` argument.
       name: parameter key (default ``'batch_norm'``).
 
     Params: ``{'scale': [C] ones, 'bias': [C] zeros}`` (``{}`` if not affine).
@@ -119,38 +159,57 @@ def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
                              f"{tuple(shape)}")
         _check_params(lab, params, affine, c)
         nd = len(shape)
-        axes = tuple(range(nd - 1))
         xf = x.astype(_compute_dtype(x.dtype))
+        # Work on [G, N/G, ..., C]: G = 1 but for per-device ("ghost") statistics in a
+        # global-view data-parallel step (see batch_stats_mode); statistics are [G, 1, ..., C].
+        ax, sync, groups = axis_name, True, 1
+        mode = _MODE.get()
+        if ax is None and mode is not None:
+            ax, sync, groups = mode.axis_name, mode.sync, mode.groups
+        if train and groups > 1 and shape[0] % groups:
+            raise ShapeError(f"{lab}: per-device batch statistics over {groups} devices need a "
+                             f"batch divisible by {groups}; got input shape {tuple(shape)}")
+        g = groups if train else 1
+        xg = jnp.reshape(xf, (g, shape[0] // g, *shape[1:]))
+        axes = tuple(range(1, nd))
         if train:
             n = 1
-            for d in shape[:-1]:
+            for d in xg.shape[1:-1]:
                 n *= d
-            mean = jnp.mean(xf, axis=axes)
-            if axis_name is not None:
-                mean = jax.lax.pmean(mean, axis_name)
-                n = n * jax.lax.axis_size(axis_name)
-            # Two passes (mean, then centred squares): no cancellation, unlike E[x^2]-E[x]^2.
-            var = jnp.mean(jnp.square(xf - _bcast(mean, nd)), axis=axes)
-            if axis_name is not None:
-                var = jax.lax.pmean(var, axis_name)
+            if ax is not None and sync:
+                n = n * jax.lax.axis_size(ax)
             if isinstance(n, int) and n < 2:
                 raise ShapeError(f"{lab}: training needs more than 1 value per channel to "
-                                 f"estimate a variance; got input shape {tuple(shape)}")
-            # Running stats are not differentiated (as in PyTorch).
-            bm, bv = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+                                 f"estimate a variance; got input shape {tuple(shape)}"
+                                 + (f" split in {g} per-device groups" if g > 1 else ""))
+            mean = jnp.mean(xg, axis=axes, keepdims=True)
+            if ax is not None and sync:
+                mean = jax.lax.pmean(mean, ax)
+            # Two passes (mean, then centred squares): no cancellation, unlike E[x^2]-E[x]^2.
+            var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+            if ax is not None and sync:
+                var = jax.lax.pmean(var, ax)
+            # Running stats are not differentiated (as in PyTorch). With per-device
+            # statistics the running update uses their average over devices (groups),
+            # so the state stays identical on every device.
+            bm = jnp.mean(jax.lax.stop_gradient(mean), axis=tuple(range(nd)))
+            bv = jnp.mean(jax.lax.stop_gradient(var) * (n / (n - 1)), axis=tuple(range(nd)))
+            if ax is not None and not sync:
+                bm, bv = jax.lax.pmean(bm, ax), jax.lax.pmean(bv, ax)
             new_state = {
                 "mean": (1 - momentum) * state["mean"] + momentum * bm,
-                "var": (1 - momentum) * state["var"] + momentum * bv * (n / (n - 1)),
+                "var": (1 - momentum) * state["var"] + momentum * bv,
             }
             new_state = {k: v.astype(state[k].dtype) for k, v in new_state.items()}
         else:
             mean, var, new_state = state["mean"], state["var"], state
         inv = jax.lax.rsqrt(var.astype(xf.dtype) + eps)
         if affine:
-            inv = inv * params["scale"].astype(xf.dtype)
-        y = (xf - _bcast(mean.astype(xf.dtype), nd)) * _bcast(inv, nd)
+            inv = inv * _bcast(params["scale"].astype(xf.dtype), inv.ndim)
+        y = (xg - _bcast(mean.astype(xf.dtype), nd + 1)) * _bcast(inv, nd + 1)
         if affine:
-            y = y + _bcast(params["bias"].astype(xf.dtype), nd)
+            y = y + _bcast(params["bias"].astype(xf.dtype), nd + 1)
+        y = jnp.reshape(y, shape)
         return y.astype(x.dtype), new_state
 
     return stateful_layer(kind, name, init_fn, apply_fn, config={

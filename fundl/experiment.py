@@ -136,7 +136,7 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
 
     Flags: ``--epochs --batch-size --optimizer --lr --momentum --weight-decay
     --schedule --seed --out --resume --stop-after --no-progress --limit-train
-    --limit-test --eval-batch-size``.
+    --limit-test --eval-batch-size --data-parallel``.
     """
     a = parser.add_argument
     a("--epochs", type=int, default=epochs, help=f"passes over the training set (default {epochs})")
@@ -161,6 +161,10 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
     a("--limit-train", type=int, default=None, metavar="N", help="train on the first N examples only")
     a("--limit-test", type=int, default=None, metavar="N", help="evaluate on the first N test examples only")
     a("--eval-batch-size", type=int, default=1000, help="examples per evaluation call (default 1000)")
+    a("--data-parallel", action="store_true",
+      help="data parallel over all devices (of every process when FUNDL_COORDINATOR, "
+           "FUNDL_NUM_PROCESSES, FUNDL_PROCESS_ID are set); --batch-size is the global batch, "
+           "divisible by the device count")
 
 
 def load_splits(name: str, *, image_shape: tuple[int, int, int], data_dir=None, source: str = "auto",
@@ -312,13 +316,22 @@ def load_checkpoint(out, epoch: int | None = None) -> tuple[int, dict]:
         if epoch not in have:
             raise ConfigError(f"load_checkpoint: no checkpoint of epoch {epoch} in {directory}; "
                               f"have epochs {have}")
-        got = manager.restore(epoch, args=ocp.args.Composite(train=ocp.args.StandardRestore()))
-    return epoch, dict(got.train)
+    # Read every array onto this process's first device, whatever devices wrote it
+    # (a --data-parallel run saves arrays replicated over all of its devices).
+    path = directory / str(epoch) / "train"
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    with ocp.StandardCheckpointer() as reader:
+        meta = reader.metadata(path)
+        meta = getattr(meta, "item_metadata", meta)
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), meta)
+        got = jax.device_get(reader.restore(path, target))
+    return epoch, dict(got)
 
 
 # -- the loop ----------------------------------------------------------------------
 
-def _check_config(out: pathlib.Path, config: Mapping[str, Any], resume: bool) -> None:
+def _check_config(out: pathlib.Path, config: Mapping[str, Any], resume: bool,
+                  write: bool = True) -> None:
     path = out / "config.json"
     config = json.loads(json.dumps(dict(config), default=str))  # as it will read back
     if resume and path.exists():
@@ -329,7 +342,8 @@ def _check_config(out: pathlib.Path, config: Mapping[str, Any], resume: bool) ->
             lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ConfigError(f"--resume: the settings differ from the run in {out} ({lines}); "
                               "resume with the same settings or use a new --out")
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if write:
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _check_arrays(name, data):
@@ -356,7 +370,7 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         augment: Callable | None = None, resume: bool = False, stop_after: int | None = None,
         progress: bool = True, eval_batch_size: int = 1000, config: Mapping[str, Any] | None = None,
         learning_rate: Callable | float | None = None, log_every: int = 10,
-        title: str = "") -> list[dict]:
+        title: str = "", data_parallel: bool = False) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs with checkpoints, metrics and curves in ``out``.
 
     Args:
@@ -382,6 +396,14 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
       learning_rate: the schedule, to record the learning rate of each epoch in the metrics.
       log_every: steps between reads of the loss from the device (each read waits for it).
       title: the curves figure's title.
+      data_parallel: train with ``make_train_step(..., parallel='sharded')`` over
+        all devices of all processes (``batch_size`` is the global batch and must
+        be divisible by ``jax.device_count()``); prints the device count at
+        start. With several processes (after :func:`fundl.distributed.initialize`)
+        each process reads only its rows of every batch, only process 0 writes
+        ``config.json``, ``metrics.jsonl`` and ``curves.png``, and every process
+        takes part in the Orbax checkpoints. Evaluation runs on each process's
+        first device over the whole test set.
 
     Returns:
       All epoch records of the run (those restored from ``metrics.jsonl`` on
@@ -401,10 +423,20 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
     if steps == 0:
         raise ConfigError(f"run: batch_size={batch_size} exceeds the {len(x_train)} training "
                           "examples; lower --batch-size")
+    if not isinstance(data_parallel, bool):
+        raise ConfigError(f"run: data_parallel must be True or False; got {data_parallel!r}")
+    if data_parallel and batch_size % jax.device_count():
+        raise ConfigError(f"run: with data_parallel, batch_size must be divisible by the "
+                          f"{jax.device_count()} devices; got batch_size={batch_size}")
+    primary = jax.process_index() == 0  # the one process that writes logs and plots
     transform = transform or (lambda a: np.asarray(a, np.float32))
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, dict(config or {}), resume)
+    _check_config(out, dict(config or {}), resume, write=primary)
+    if data_parallel:
+        print(f"data parallel: {jax.device_count()} devices ({jax.local_device_count()} local, "
+              f"{jax.process_count()} process(es)), {batch_size // jax.device_count()} examples "
+              f"per device", flush=True)
 
     t_run = time.perf_counter()
     root = jax.random.key(seed)
@@ -424,11 +456,30 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
     elif manager.latest_step() is not None:
         raise ConfigError(f"run: {out / 'checkpoints'} already holds checkpoints; pass --resume to "
                           "continue that run, or choose another --out")
-    _write_metrics(out / "metrics.jsonl", records)
+    if primary:
+        _write_metrics(out / "metrics.jsonl", records)
 
-    step_fn = make_train_step(model, optimizer)
+    step_fn = make_train_step(model, optimizer, parallel="sharded" if data_parallel else None)
     eval_step = make_eval_step(model)
     augment_fn = jax.jit(augment) if augment is not None else None
+    # Data parallel: each process reads its own rows of every global batch. Otherwise
+    # every process (if several) trains on whole batches by itself.
+    procs = (dict(process_index=jax.process_index(), process_count=jax.process_count())
+             if data_parallel else {})
+    if data_parallel and jax.process_count() > 1:
+        # Global arrays built from this process's rows; device_put to the same sharding is a no-op.
+        batch_sharding = step_fn.batch_sharding
+        put = _process_local_to_global(batch_sharding, transform)
+        if augment is not None:  # the key must be a global (replicated) array too
+            replicated = step_fn.replicated
+
+            def augment_fn(key, x, _aug=jax.jit(lambda kd, x: augment(
+                    jax.random.wrap_key_data(kd), x))):
+                kd = np.asarray(jax.random.key_data(key))
+                return _aug(jax.make_array_from_callback(kd.shape, replicated, lambda i: kd[i]), x)
+    else:
+        batch_sharding = step_fn.batch_sharding if data_parallel else None
+        put = lambda b: (transform(b[0]), b[1])  # noqa: E731
     last = epochs if stop_after is None else min(epochs, stop_after)
     for epoch in range(start, last):
         t0 = time.perf_counter()
@@ -439,15 +490,16 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         t_log = time.perf_counter()
         # transform and host-to-device copy run in a background thread, a batch ahead.
         it = prefetch_to_device(batches(x_train, y_train, batch_size, seed=seed, epoch=epoch,
-                                        drop_remainder=True),
-                                transform=lambda b: (transform(b[0]), b[1]))
+                                        drop_remainder=True, **procs),
+                                sharding=batch_sharding, transform=put)
         for i, (xb, yb) in enumerate(it):
             key = jax.random.fold_in(epoch_key, i)
             if augment_fn is not None:
                 xb = augment_fn(jax.random.fold_in(key, 1), xb)
             params, state, opt_state, m = step_fn(params, state, opt_state, (xb, yb), key)
-            loss_sum, correct = loss_sum + m["loss"] * len(yb), correct + m["accuracy"] * len(yb)
-            seen += len(yb)
+            m = _local(m)  # this process's copy of the (replicated) global metrics
+            loss_sum, correct = loss_sum + m["loss"] * batch_size, correct + m["accuracy"] * batch_size
+            seen += batch_size
             if progress and ((i + 1) % log_every == 0 or i + 1 == steps):
                 now = time.perf_counter()
                 shown = float(loss_sum) / seen  # the only host sync in the loop
@@ -458,8 +510,8 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         bar.close()
         train_loss, train_acc = float(loss_sum) / seen, float(correct) / seen  # waits for the last step
         train_seconds = time.perf_counter() - t0
-        test_loss, test_acc = _evaluate(eval_step, params, state, x_test, y_test, transform,
-                                        eval_batch_size)
+        test_loss, test_acc = _evaluate(eval_step, *_local((params, state)), x_test, y_test,
+                                        transform, eval_batch_size)
         record = {"epoch": epoch + 1, "train_loss": train_loss,
                   "train_accuracy": train_acc, "test_loss": test_loss,
                   "test_accuracy": test_acc, "epoch_seconds": time.perf_counter() - t0,
@@ -469,8 +521,9 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
                                  else learning_rate)
         _save(manager, epoch + 1, {"params": params, "state": state, "opt_state": opt_state})
         records.append(record)
-        _write_metrics(out / "metrics.jsonl", records)
-        plot_curves(records, out / "curves.png", title=title)
+        if primary:
+            _write_metrics(out / "metrics.jsonl", records)
+            plot_curves(records, out / "curves.png", title=title)
         print(f"epoch {epoch + 1}/{epochs}  train_loss={record['train_loss']:.4f}  "
               f"test_loss={test_loss:.4f}  test_accuracy={test_acc:.4f}  "
               f"{record['epoch_seconds']:.1f}s  {record['examples_per_second']:.0f} ex/s", flush=True)
@@ -481,9 +534,24 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
     if records:
         test_acc = records[-1]["test_accuracy"]
     else:  # epochs=0: report the untrained model
-        test_acc = _evaluate(eval_step, params, state, x_test, y_test, transform, eval_batch_size)[1]
+        test_acc = _evaluate(eval_step, *_local((params, state)), x_test, y_test, transform,
+                             eval_batch_size)[1]
     print(f"test_accuracy={test_acc:.4f}", flush=True)
     return records
+
+
+def _local(tree):
+    """This process's first copy of every replicated multi-device array (no copy, no sync)."""
+    return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array)
+                        and len(a.sharding.device_set) > 1 else a, tree)
+
+
+def _process_local_to_global(sharding, transform):
+    """``(x_local, y_local) -> global (x, y)`` for a multi-process sharded step."""
+    def put(b):
+        return tuple(jax.make_array_from_process_local_data(sharding, np.asarray(a))
+                     for a in (transform(b[0]), b[1]))
+    return put
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

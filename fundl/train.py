@@ -92,9 +92,10 @@ import optax
 from . import functional as F
 from ._errors import ConfigError, ShapeError
 from ._layer import Layer
+from ._parallel import replicate, unreplicate
 
 __all__ = ["make_train_step", "make_eval_step", "evaluate", "fit", "FitResult",
-           "param_labels", "set_hyperparams", "count_params"]
+           "param_labels", "set_hyperparams", "count_params", "replicate", "unreplicate"]
 
 _REQUIRED = object()
 
@@ -122,7 +123,9 @@ def _is_classification(logits, y) -> bool:
 
 def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
                     loss_fn: Callable = F.cross_entropy, donate: bool = True,
-                    metrics: Mapping[str, Callable] | None = None) -> Callable:
+                    metrics: Mapping[str, Callable] | None = None,
+                    parallel: str | None = None, devices=None,
+                    sync_batch_stats: bool = True, accumulate: int = 1) -> Callable:
     """Build the compiled training step for ``model`` and ``optimizer``.
 
     Args:
@@ -136,15 +139,62 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         one array may not appear twice among them, else XLA refuses to run).
       metrics: extra ``{name: fn(logits, y) -> scalar}`` batch metrics, computed
         in the same compiled step.
+      parallel: ``None`` (one device); ``'sharded'``: data parallel over
+        ``devices`` with ``jax.sharding`` (a 1-d ``Mesh`` with axis ``'data'``;
+        the batch is split along it, ``params``/``state``/``opt_state`` are
+        replicated, the compiler averages the gradients); ``'pmap'``: the same
+        with ``jax.pmap`` and an explicit ``lax.pmean`` of the gradients over
+        axis ``'data'``. The global batch size must be divisible by
+        ``len(devices) * accumulate`` (ConfigError otherwise).
+      devices: the devices for ``parallel`` (default: all, ``jax.devices()``;
+        with several processes, every process's devices).
+      sync_batch_stats: with ``parallel``, how BatchNorm layers (built without
+        their own ``axis_name``) compute batch statistics in training:
+        ``True``: over the whole global batch (cross-replica / synchronised BN:
+        the result equals the one-device step on the same batch);
+        ``False``: over each device's ``N/D`` rows (per-device statistics, as
+        without synchronisation; in the ``'sharded'`` form computed as "ghost"
+        statistics over ``D`` contiguous groups of rows, so both forms agree).
+        In both modes the running statistics stay identical on all devices:
+        ``running = (1 - momentum) * running + momentum * b`` with ``b`` the
+        global batch's statistics (``True``) or the average over devices of the
+        per-device mean and unbiased variance (``False``).
+      accumulate: gradient accumulation: split every batch into ``accumulate``
+        micro-batches (micro-batch ``j`` = rows ``i`` with ``i % accumulate == j``),
+        run them in a ``lax.scan`` and apply the mean of their gradients once.
+        For models without batch norm or dropout this equals one step on the
+        whole batch (up to float rounding). Batch norm normalises each
+        micro-batch with its own statistics and updates the running statistics
+        once per micro-batch (``accumulate`` momentum updates per step);
+        micro-batch ``j`` gets the dropout key ``fold_in(key, j)``. Metrics are
+        means over the micro-batches.
 
     Returns:
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state,
-      metrics)`` where ``batch = (x, y)``, ``x: [N, ...]``; ``state`` is ``{}``
-      for models without batch norm; ``key`` feeds dropout and may be ``None`` for
-      models without it. ``metrics`` is a dict of scalar arrays: ``'loss'``, plus
-      ``'accuracy'`` when ``y: [N]`` holds integer labels and ``logits: [N, C]``.
-      Reading a metric (``float(m['loss'])``) waits for the device: read them
-      every few steps, not every step.
+      metrics)`` where ``batch = (x, y)``, ``x: [N, ...]`` host (NumPy) or device
+      arrays; ``state`` is ``{}`` for models without batch norm; ``key`` feeds
+      dropout and may be ``None`` for models without it. ``metrics`` is a dict
+      of scalar arrays: ``'loss'``, plus ``'accuracy'`` when ``y: [N]`` holds
+      integer labels and ``logits: [N, C]``. Reading a metric
+      (``float(m['loss'])``) waits for the device: read them every few steps,
+      not every step.
+
+      Data-parallel forms:
+
+      * ``'sharded'``: same trees as the one-device step (placed replicated on
+        the mesh at the first call; the returned trees are replicated
+        ``jax.Array``s, usable as ordinary arrays). ``x`` is the global batch;
+        with several processes, each passes its own ``N / process_count`` rows
+        (what ``fundl.data.batches(..., process_index=, process_count=)``
+        yields) and they are assembled with
+        ``jax.make_array_from_process_local_data``. Dropout masks equal the
+        one-device step's for the same global batch and key. Metrics are global.
+      * ``'pmap'``: ``params``, ``state`` and ``opt_state`` carry a leading
+        device axis: pass ``replicate(tree, devices)`` and read results with
+        ``unreplicate(tree)``. ``x`` is the global batch (reshaped to
+        ``[D, N/D, ...]`` inside). Device ``d`` draws its dropout mask from
+        ``fold_in(key, d)``: same distribution as, but other masks than, the
+        one-device step. Metrics are averaged over devices (unreplicated scalars).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, fundl.layers as L
@@ -157,28 +207,40 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
       >>> m['loss'].shape
       ()
     """
+    from . import _parallel
+
     _check_model(model, "make_train_step")
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise ConfigError("make_train_step: optimizer must be an optax GradientTransformation "
                           f"(e.g. optax.adam(1e-3)); got {type(optimizer).__name__}")
+    if parallel not in _parallel.PARALLEL:
+        raise ConfigError(f"make_train_step: parallel must be one of {list(_parallel.PARALLEL)}; "
+                          f"got parallel={parallel!r}")
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ConfigError(f"make_train_step: accumulate must be an int >= 1; got accumulate={accumulate!r}")
+    if not isinstance(sync_batch_stats, bool):
+        raise ConfigError(f"make_train_step: sync_batch_stats must be True or False; got "
+                          f"sync_batch_stats={sync_batch_stats!r}")
+    if parallel is None and devices is not None:
+        raise ConfigError("make_train_step: devices= needs parallel='sharded' or 'pmap'; "
+                          f"got parallel=None with devices={devices!r}")
     extra = dict(metrics or {})
+    body = _parallel.make_body(model, optimizer, loss_fn, extra, accumulate)
+    where = "make_train_step"
+    if parallel == "sharded":
+        devices = _parallel.check_devices(devices, where)
+        return _parallel.make_sharded_step(body, devices, accumulate, sync_batch_stats, donate, where)
+    if parallel == "pmap":
+        devices = _parallel.check_devices(devices, where)
+        body = _parallel.make_body(model, optimizer, loss_fn, extra, accumulate,
+                                   grad_axis=_parallel.DATA_AXIS)
+        return _parallel.make_pmap_step(body, devices, accumulate, sync_batch_stats, donate, where)
 
     def step(params, state, opt_state, batch, key):
         x, y = _split_batch(batch, "train step")
-
-        def objective(p):
-            logits, new_state = model.apply_with_state(p, state, x, key=key, train=True)
-            return loss_fn(logits, y), (logits, new_state)
-
-        (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        out = {"loss": loss}
-        if _is_classification(logits, y):
-            out["accuracy"] = jnp.mean(jnp.argmax(logits, axis=-1) == y)
-        for name, fn in extra.items():
-            out[name] = fn(logits, y)
-        return params, new_state, opt_state, out
+        if accumulate > 1:
+            _parallel.check_divisible(x.shape[0], 1, accumulate, where)
+        return body(params, state, opt_state, x, y, key)
 
     return jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
 

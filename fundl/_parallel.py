@@ -1,0 +1,248 @@
+"""Data-parallel train steps: one body, three ways to run it (one device, sharded, pmap).
+
+Semantics shared by every form (see :func:`fundl.train.make_train_step`):
+
+* the batch ``(x, y)`` is the *global* batch, ``x: [N, ...]``; with ``D``
+  devices device ``d`` holds rows ``[d * N/D, (d + 1) * N/D)``;
+* gradients and metrics are means over the global batch;
+* ``accumulate=k`` splits the batch into ``k`` micro-batches, micro-batch ``j``
+  being the rows ``i`` with ``i % k == j`` (so each device contributes ``N/(D k)``
+  rows of its own shard to every micro-batch), runs them one after another in a
+  ``lax.scan`` (batch-norm state threaded through), and applies the mean of
+  their gradients once; micro-batch ``j`` gets the dropout key ``fold_in(key, j)``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ._errors import ConfigError, ShapeError
+from ._norm import batch_stats_mode
+
+DATA_AXIS = "data"
+PARALLEL = (None, "sharded", "pmap")
+
+
+def split_batch(batch, where):
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ShapeError(f"{where}: batch must be a pair (x, y); got "
+                         f"{type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}")
+    return batch
+
+
+def is_classification(logits, y) -> bool:
+    """Static test: integer labels ``[N]`` against logits ``[N, C]``."""
+    return (logits.ndim == 2 and y.ndim == 1 and jnp.issubdtype(y.dtype, jnp.integer)
+            and logits.shape[0] == y.shape[0])
+
+
+def _micro(a, k):
+    """``[N, ...] -> [k, N/k, ...]``; micro-batch ``j`` holds rows ``i % k == j``."""
+    return jnp.swapaxes(jnp.reshape(a, (a.shape[0] // k, k, *a.shape[1:])), 0, 1)
+
+
+def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None):
+    """``body(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics)``."""
+
+    def grads_and_metrics(params, state, x, y, key):
+        def objective(p):
+            logits, new_state = model.apply_with_state(p, state, x, key=key, train=True)
+            return loss_fn(logits, y), (logits, new_state)
+
+        (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        out = {"loss": loss}
+        if is_classification(logits, y):
+            out["accuracy"] = jnp.mean(jnp.argmax(logits, axis=-1) == y)
+        for name, fn in extra.items():
+            out[name] = fn(logits, y)
+        return grads, new_state, out
+
+    def body(params, state, opt_state, x, y, key):
+        if accumulate == 1:
+            grads, state, metrics = grads_and_metrics(params, state, x, y, key)
+        else:
+            def micro_step(carry, inp):
+                gsum, st = carry
+                xj, yj, j = inp
+                kj = None if key is None else jax.random.fold_in(key, j)
+                g, st, m = grads_and_metrics(params, st, xj, yj, kj)
+                return (jax.tree.map(jnp.add, gsum, g), st), m
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            (gsum, state), ms = jax.lax.scan(
+                micro_step, (zeros, state),
+                (_micro(x, accumulate), _micro(y, accumulate), jnp.arange(accumulate)))
+            grads = jax.tree.map(lambda g: g / accumulate, gsum)
+            metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), ms)
+        if grad_axis is not None:
+            grads = jax.lax.pmean(grads, grad_axis)
+            metrics = jax.lax.pmean(metrics, grad_axis)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, state, opt_state, metrics
+
+    return body
+
+
+def check_devices(devices, where):
+    if devices is None:
+        return list(jax.devices())
+    devices = list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise ConfigError(f"{where}: devices must be a non-empty list of jax.Device "
+                          f"(e.g. jax.devices()); got {devices!r}")
+    return devices
+
+
+def check_divisible(n_global, devices, accumulate, where):
+    need = devices * accumulate
+    if n_global % need:
+        raise ConfigError(
+            f"{where}: the global batch size must be divisible by the device count ({devices})"
+            f" times accumulate ({accumulate}) = {need}; got batch size {n_global}. Use a "
+            f"multiple of {need}, e.g. {max(need, n_global // need * need)}")
+
+
+def _key_parts(key):
+    """Split a (typed or legacy) key into ``(uint32 data, impl)`` for placement."""
+    if key is None:
+        return None, None
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key), jax.random.key_impl(key)
+    return key, None
+
+
+def _global(a, sharding):
+    """``a`` as a global array with ``sharding`` (a replicated one: same value everywhere)."""
+    if isinstance(a, jax.Array) and a.sharding == sharding:
+        return a
+    if jax.process_count() == 1:
+        return jax.device_put(a, sharding)
+    host = np.asarray(a)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def make_sharded_step(body, devices, accumulate, sync, donate, where):
+    """The global-view step: ``jit`` over a 1-d ``Mesh`` with axis ``'data'``."""
+    mesh = Mesh(np.array(devices), (DATA_AXIS,))
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+    n_dev = len(devices)
+
+    def fn(params, state, opt_state, batch, key_data, impl):
+        key = None if key_data is None else (
+            key_data if impl is None else jax.random.wrap_key_data(key_data, impl=impl))
+        x, y = batch
+        with batch_stats_mode(groups=1 if sync else n_dev):
+            return body(params, state, opt_state, x, y, key)
+
+    jitted = jax.jit(fn, static_argnums=(5,), in_shardings=(repl, repl, repl, data, repl),
+                     out_shardings=(repl, repl, repl, repl),
+                     donate_argnums=(0, 1, 2) if donate else ())
+
+    def step(params, state, opt_state, batch, key):
+        x, y = split_batch(batch, "train step")
+        n_local = np.shape(x)[0]
+        if np.shape(y)[0] != n_local:
+            raise ShapeError(f"train step: x and y must have the same number of rows; got "
+                             f"{n_local} and {np.shape(y)[0]}")
+        n_global = n_local if isinstance(x, jax.Array) and not x.is_fully_addressable \
+            else n_local * jax.process_count()
+        check_divisible(n_global, n_dev, accumulate, where)
+        if jax.process_count() == 1:
+            batch = jax.device_put((x, y), data)
+        else:  # each process passes its own rows of the global batch
+            batch = tuple(a if isinstance(a, jax.Array) and a.sharding == data
+                          else jax.make_array_from_process_local_data(data, np.asarray(a))
+                          for a in (x, y))
+        params, state, opt_state = jax.tree.map(lambda a: _global(a, repl),
+                                                (params, state, opt_state))
+        key_data, impl = _key_parts(key)
+        if key_data is not None:
+            key_data = _global(key_data, repl)
+        return jitted(params, state, opt_state, batch, key_data, impl)
+
+    step.mesh = mesh
+    step.replicated = repl
+    step.batch_sharding = data
+    return step
+
+
+def make_pmap_step(body, devices, accumulate, sync, donate, where):
+    """The ``jax.pmap`` step over axis ``'data'``: replicated trees in and out."""
+    n_dev = len(devices)
+
+    def fn(params, state, opt_state, x, y, key_data, impl):
+        key = None
+        if key_data is not None:  # a different dropout mask on every device
+            key = key_data if impl is None else jax.random.wrap_key_data(key_data, impl=impl)
+            key = jax.random.fold_in(key, jax.lax.axis_index(DATA_AXIS))
+        with batch_stats_mode(axis_name=DATA_AXIS, sync=sync):
+            return body(params, state, opt_state, x, y, key)
+
+    # Every argument mapped over axis 0 (the key broadcast by hand): in_axes=None
+    # next to empty trees ({} state) is mis-aligned by this JAX's pmap.
+    pmapped = jax.pmap(fn, axis_name=DATA_AXIS, devices=devices, static_broadcasted_argnums=(6,),
+                       donate_argnums=(0, 1, 2) if donate else ())
+
+    def step(params, state, opt_state, batch, key):
+        x, y = split_batch(batch, "train step")
+        n = np.shape(x)[0]
+        if np.shape(y)[0] != n:
+            raise ShapeError(f"train step: x and y must have the same number of rows; got "
+                             f"{n} and {np.shape(y)[0]}")
+        check_divisible(n, n_dev, accumulate, where)
+        lead = {(np.shape(a) or (None,))[0] for a in jax.tree.leaves((params, state, opt_state))}
+        if lead - {n_dev}:
+            raise ShapeError(f"{where}: the pmap step takes replicated trees (a leading axis of "
+                             f"{n_dev} devices on every leaf); got leading sizes {sorted(lead, key=str)}. "
+                             "Use fundl.train.replicate(tree, devices) first and "
+                             "fundl.train.unreplicate(tree) to read the result")
+        shard = lambda a: np.reshape(a, (n_dev, n // n_dev, *np.shape(a)[1:])) \
+            if isinstance(a, np.ndarray) else jnp.reshape(a, (n_dev, n // n_dev, *a.shape[1:]))
+        key_data, impl = _key_parts(key)
+        if key_data is not None:
+            key_data = jnp.broadcast_to(key_data[None], (n_dev, *key_data.shape))
+        params, state, opt_state, m = pmapped(params, state, opt_state, shard(x), shard(y),
+                                              key_data, impl)
+        return params, state, opt_state, jax.tree.map(lambda a: a[0], m)
+
+    step.devices = devices
+    return step
+
+
+def replicate(tree, devices=None):
+    """Copy every leaf of ``tree`` onto each device: ``[...] -> [D, ...]`` for the pmap step.
+
+    Args:
+      tree: a pytree of arrays (params, state, optimizer state).
+      devices: the devices (default ``jax.devices()``), as given to the step.
+
+    Returns:
+      The tree with a leading device axis of size ``D = len(devices)`` on every
+      leaf, laid out one slice per device.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> r = replicate({'w': jnp.ones(3)}, jax.devices()[:1])
+      >>> r['w'].shape
+      (1, 3)
+    """
+    devices = check_devices(devices, "replicate")
+    sharding = NamedSharding(Mesh(np.array(devices), (DATA_AXIS,)), P(DATA_AXIS))
+    return jax.tree.map(
+        lambda a: jax.device_put(jnp.broadcast_to(jnp.asarray(a)[None], (len(devices), *np.shape(a))),
+                                 sharding), tree)
+
+
+def unreplicate(tree):
+    """The first device's copy of a replicated tree: ``[D, ...] -> [...]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> unreplicate({'w': jnp.ones((2, 3))})['w'].shape
+      (3,)
+    """
+    return jax.tree.map(lambda a: a[0], tree)
