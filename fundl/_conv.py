@@ -10,6 +10,10 @@ Porting PyTorch weights: ``conv`` takes ``w_torch.permute(2, 3, 1, 0)`` (2-d;
 kernel dims first, then in, then out) and ``conv_transpose`` takes
 ``w_torch.permute(2, 3, 0, 1)``.
 
+How the op is lowered (XLA's convolution, or im2col patches x matrix,
+the default on CPU) is chosen at trace time by :mod:`fundl._lowering`; see
+:func:`fundl.functional.set_lowering`.
+
 Every user mistake (rank, channels, groups, bias, hyper-parameters, input too
 small) is reported as a :class:`~fundl._errors.ShapeError` or
 :class:`~fundl._errors.ConfigError` before any XLA call.
@@ -17,9 +21,9 @@ small) is reported as a :class:`~fundl._errors.ShapeError` or
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import lax
 
 from ._errors import ConfigError, ShapeError
+from ._lowering import conv_general
 from ._shapes import _pairs, resolve_padding
 from ._util import ntuple
 
@@ -30,14 +34,6 @@ _LAYOUTS = {1: "[N, L, C]", 2: "[N, H, W, C]", 3: "[N, D, H, W, C]"}
 
 def _layout(n: int) -> str:
     return _LAYOUTS.get(n, f"[N, <{n} spatial dims>, C]")
-
-
-def _dimension_numbers(n: int) -> lax.ConvDimensionNumbers:
-    # lax wants, per operand, the axis index of (batch|out, feature|in, *spatial).
-    spatial = tuple(range(1, n + 1))
-    lhs = (0, n + 1) + spatial
-    rhs = (n + 1, n) + tuple(range(n))
-    return lax.ConvDimensionNumbers(lhs, rhs, lhs)
 
 
 def _check_groups(groups, fn):
@@ -100,8 +96,8 @@ def conv(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, precision=N
       groups: ``C_in`` and ``C_out`` must both be divisible by it; output
         channels ``[g * C_out/groups, (g+1) * C_out/groups)`` see only input
         channels ``[g * C_in/groups, (g+1) * C_in/groups)``.
-      precision: passed to ``lax.conv_general_dilated`` (e.g.
-        ``lax.Precision.HIGHEST`` to avoid TF32 on GPUs).
+      precision: passed to ``lax.conv_general_dilated`` or the im2col
+        matrix product (e.g. ``lax.Precision.HIGHEST`` to avoid TF32 on GPUs).
 
     Returns:
       ``[N, *out_spatial, C_out]`` with
@@ -148,10 +144,9 @@ def conv(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, precision=N
             f"effective kernel size dilation*(k-1)+1 = {eff} (kernel {kernel}, dilation {dil}); "
             f"got x.shape={x.shape}")
     x, w = _promote(x, w, b)
-    out = lax.conv_general_dilated(
-        x, w, window_strides=strides, padding=pads, rhs_dilation=dil,
-        dimension_numbers=_dimension_numbers(n), feature_group_count=groups,
-        precision=precision)
+    # XLA's convolution or im2col, per fundl.functional.set_lowering.
+    out = conv_general(x, w, strides=strides, padding=pads, lhs_dilation=(1,) * n,
+                       rhs_dilation=dil, groups=groups, precision=precision)
     return _add_bias(out, b)
 
 
@@ -260,8 +255,6 @@ def conv_transpose(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilat
     w = w.reshape(kernel + (groups, c_in // groups, c_out_g))
     w = jnp.moveaxis(w, n, n + 1).reshape(kernel + (c_in // groups, c_out))
     lax_pads = tuple((e - 1 - lo, e - 1 - hi + o) for e, (lo, hi), o in zip(eff, pads, op))
-    out = lax.conv_general_dilated(
-        x, w, window_strides=(1,) * n, padding=lax_pads, lhs_dilation=strides,
-        rhs_dilation=dil, dimension_numbers=_dimension_numbers(n),
-        feature_group_count=groups, precision=precision)
+    out = conv_general(x, w, strides=(1,) * n, padding=lax_pads, lhs_dilation=strides,
+                       rhs_dilation=dil, groups=groups, precision=precision)
     return _add_bias(out, b)

@@ -5,6 +5,10 @@ Layout is NHWC generalised to any spatial rank: ``x`` is ``[N, *spatial, C]``
 serves 1-d, 2-d and 3-d. The spatial rank is ``x.ndim - 2``; a tuple
 ``kernel_size`` states it explicitly and must agree with ``x``.
 
+``max_pool`` and ``avg_pool`` are lowered to ``lax.reduce_window`` or, for
+non-overlapping windows (the default on CPU), to a reshape and a reduction;
+see :func:`fundl.functional.set_lowering`.
+
 All hyper-parameters are static Python ints, so every function here is
 ``jax.jit``-compatible with shapes known at trace time. Arguments are checked
 before anything is traced and bad ones raise :class:`~fundl._errors.ShapeError`
@@ -23,6 +27,7 @@ import numpy as np
 from jax import lax
 
 from ._errors import ConfigError, ShapeError
+from ._lowering import choose_pool, max_pool_reshape, sum_pool_reshape
 from ._util import ntuple
 
 __all__ = ["max_pool", "avg_pool", "adaptive_avg_pool", "global_avg_pool", "pool_output_size"]
@@ -231,17 +236,24 @@ def max_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False
     fn = "max_pool"
     shape = tuple(jnp.shape(x))
     _spatial_rank(shape, kernel_size, fn)
-    k, s, _, d, _, _, pads = _resolve(fn, shape[1:-1], kernel_size, stride, padding, dilation,
-                                      ceil_mode, f"; got x.shape={shape}")
+    k, s, _, d, _, out, pads = _resolve(fn, shape[1:-1], kernel_size, stride, padding, dilation,
+                                        ceil_mode, f"; got x.shape={shape}")
     x = jnp.asarray(x)
-    _lowest(x.dtype)  # dtype check before tracing
-    return _max_pool_impl(x, (k, s, d, pads))
+    fill = _lowest(x.dtype).item()  # also the dtype check, before tracing
+    # The lowering is chosen here and is part of the static config, so the
+    # jit cache below never reuses a trace made under another setting.
+    if choose_pool(k, s, d) == "reshape":
+        return _max_pool_impl(x, ("reshape", (k, s, pads, out, fill)))
+    return _max_pool_impl(x, ("reduce_window", (k, s, d, pads)))
 
 
 # One jitted executable per static config: eager calls then compile and
 # dispatch once instead of per primitive (inlined when the caller is jitted).
 @functools.partial(jax.jit, static_argnums=1)
-def _max_pool_impl(x, cfg):
+def _max_pool_impl(x, how_cfg):
+    how, cfg = how_cfg
+    if how == "reshape":
+        return max_pool_reshape(x, cfg)
     if any(di > 1 for di in cfg[2]):
         return _dilated_max(x, cfg)
     return _max_reduce(x, cfg)
@@ -302,18 +314,23 @@ def avg_pool(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_incl
             isinstance(divisor_override, bool) or not isinstance(divisor_override, numbers.Integral)
             or divisor_override == 0):
         raise ConfigError(f"{fn}: divisor_override must be None or a non-zero int; got {divisor_override!r}")
-    return _avg_pool_impl(_float_input(x, fn), (k, s, p, out, pads, count_include_pad, divisor_override))
+    how = choose_pool(k, s, (1,) * n)
+    return _avg_pool_impl(_float_input(x, fn),
+                          (k, s, p, out, pads, count_include_pad, divisor_override, how))
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _avg_pool_impl(x, cfg):
-    k, s, p, out, pads, count_include_pad, divisor_override = cfg
+    k, s, p, out, pads, count_include_pad, divisor_override, how = cfg
     n, spatial = len(k), x.shape[1:-1]
     # Sum in at least float32 so bf16/fp16 windows don't lose precision.
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    total = lax.reduce_window(
-        x.astype(acc), np.array(0, acc), lax.add,
-        window_dimensions=(1, *k, 1), window_strides=(1, *s, 1), padding=((0, 0), *pads, (0, 0)))
+    if how == "reshape":
+        total = sum_pool_reshape(x.astype(acc), k, s, pads, out)
+    else:
+        total = lax.reduce_window(
+            x.astype(acc), np.array(0, acc), lax.add, window_dimensions=(1, *k, 1),
+            window_strides=(1, *s, 1), padding=((0, 0), *pads, (0, 0)))
 
     if divisor_override is not None:
         divisor = np.array(divisor_override, acc)
