@@ -84,6 +84,7 @@ _POOL_CHOICES = ("auto", "reduce_window", "reshape")
 # (measured on a 2-core CPU: ResNet-18's 32x32x64 3x3 layers, 75 MB of patches
 # at batch 32, are faster with XLA's convolution; 5-10 MB ones with im2col).
 _IM2COL_MAX_BYTES = 16 << 20
+_IM2COL_MAX_TAPS = 49  # up to 7x7 (2-d) kernels; the measured wins are 1x1 to 5x5
 
 
 class Lowering(NamedTuple):
@@ -194,8 +195,8 @@ def choose_conv(x_shape, w_shape, strides, padding, lhs_dilation, rhs_dilation, 
     ``'auto'`` picks im2col on CPU where it was measured to win (2-core x86,
     ``benchmarks/``): ungrouped convolutions without input dilation (so not a
     strided ``conv_transpose``) that are 1x1 (a plain matrix product), or have
-    one input channel, or at least 8 input channels and a patch matrix of at
-    most ``_IM2COL_MAX_BYTES``. Larger patch matrices cost more memory
+    one input channel or at least 8, with a patch matrix of at most
+    ``_IM2COL_MAX_BYTES`` and at most ``_IM2COL_MAX_TAPS`` kernel positions. Larger patch matrices cost more memory
     traffic than XLA's own convolution; 2-7 input channels gather rows too
     short to be efficient.
     """
@@ -206,12 +207,17 @@ def choose_conv(x_shape, w_shape, strides, padding, lhs_dilation, rhs_dilation, 
         return "xla"
     n = len(strides)
     kernel, c_in = w_shape[:n], w_shape[-2]
-    if math.prod(kernel) == 1 or c_in == 1:
+    taps = math.prod(kernel)
+    if taps == 1:
         return "im2col"
     out = _out_size([L + lo + hi for L, (lo, hi) in zip(x_shape[1:-1], padding)], kernel,
                     strides, rhs_dilation)
-    nbytes = x_shape[0] * math.prod(out) * math.prod(kernel) * c_in * itemsize
-    return "im2col" if c_in >= 8 and nbytes <= _IM2COL_MAX_BYTES else "xla"
+    nbytes = x_shape[0] * math.prod(out) * taps * c_in * itemsize
+    # Huge kernels (e.g. a dense layer turned into a 28x28 convolution) would gather
+    # hundreds of views: slow to compile, and no faster.
+    if nbytes > _IM2COL_MAX_BYTES or taps > _IM2COL_MAX_TAPS:
+        return "xla"
+    return "im2col" if c_in == 1 or c_in >= 8 else "xla"
 
 
 def pool_reshape_ok(k, s, d) -> bool:

@@ -144,6 +144,7 @@ def test_conv_im2col_forward_mode_second_order_and_vmap(rng):
     ((32, 32, 32, 64), (3, 3, 64, 64), {}, "xla"),            # 75 MB of patches
     ((8, 32, 32, 3), (3, 3, 3, 64), {}, "xla"),               # 3 channels: rows too short
     ((8, 8, 8, 16), (3, 3, 8, 16), {"groups": 2}, "xla"),     # grouped
+    ((4, 28, 28, 1), (28, 28, 1, 64), {}, "xla"),             # 784 taps (a convolutionized dense layer)
 ])
 def test_auto_conv_policy(x_shape, w_shape, kw, expected):
     x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
