@@ -92,7 +92,9 @@ import optax
 from . import functional as F
 from ._errors import ConfigError, ShapeError
 from ._layer import Layer
+from ._parallel import is_classification as _is_classification
 from ._parallel import replicate, unreplicate
+from ._parallel import split_batch as _split_batch
 
 __all__ = ["make_train_step", "make_eval_step", "evaluate", "fit", "FitResult",
            "param_labels", "set_hyperparams", "count_params", "replicate", "unreplicate"]
@@ -106,19 +108,6 @@ def _check_model(model, where):
     if not isinstance(model, Layer):
         raise ConfigError(f"{where}: model must be a fundl Layer (e.g. L.Serial(...)); "
                           f"got {type(model).__name__}")
-
-
-def _split_batch(batch, where):
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise ShapeError(f"{where}: batch must be a pair (x, y); got "
-                         f"{type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}")
-    return batch
-
-
-def _is_classification(logits, y) -> bool:
-    """Static test: integer labels ``[N]`` against logits ``[N, C]``."""
-    return (logits.ndim == 2 and y.ndim == 1 and jnp.issubdtype(y.dtype, jnp.integer)
-            and logits.shape[0] == y.shape[0])
 
 
 def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
