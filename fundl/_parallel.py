@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ._precision import Policy, all_finite, cast_floating
 from ._errors import ConfigError, ShapeError
 from ._norm import batch_stats_mode
 
@@ -44,15 +45,26 @@ def _micro(a, k):
     return jnp.swapaxes(jnp.reshape(a, (a.shape[0] // k, k, *a.shape[1:])), 0, 1)
 
 
-def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None):
+def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None, prec=None):
     """``body(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics)``."""
+    prec = prec or Policy()
+    mixed = prec != Policy()
+    scaled = prec.loss_scale != 1.0
 
     def grads_and_metrics(params, state, x, y, key):
         def objective(p):
-            logits, new_state = model.apply_with_state(p, state, x, key=key, train=True)
-            return loss_fn(logits, y), (logits, new_state)
+            if mixed:  # every layer computes in compute_dtype; the loss sees output_dtype
+                p, xc = cast_floating(p, prec.compute_dtype), cast_floating(x, prec.compute_dtype)
+            else:
+                xc = x
+            logits, new_state = model.apply_with_state(p, state, xc, key=key, train=True)
+            logits = logits.astype(prec.output_dtype) if mixed else logits
+            loss = loss_fn(logits, y)
+            return (loss * prec.loss_scale if scaled else loss), (loss, logits, new_state)
 
-        (loss, (logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        (_, (loss, logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        if scaled:
+            grads = jax.tree.map(lambda g: g / prec.loss_scale, grads)
         out = {"loss": loss}
         if is_classification(logits, y):
             out["accuracy"] = jnp.mean(jnp.argmax(logits, axis=-1) == y)
@@ -61,6 +73,9 @@ def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None):
         return grads, new_state, out
 
     def body(params, state, opt_state, x, y, key):
+        state_in = state
+        if mixed:
+            params = cast_floating(params, prec.param_dtype)
         if accumulate == 1:
             grads, state, metrics = grads_and_metrics(params, state, x, y, key)
         else:
@@ -80,9 +95,15 @@ def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None):
         if grad_axis is not None:
             grads = jax.lax.pmean(grads, grad_axis)
             metrics = jax.lax.pmean(metrics, grad_axis)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, state, opt_state, metrics
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        if scaled:  # skip a step whose (float16) gradients overflowed
+            finite = all_finite(grads)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+            new_params, new_opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
+            state = keep(state, state_in)
+            metrics = {**metrics, "grads_finite": finite.astype(jnp.float32)}
+        return new_params, state, new_opt_state, metrics
 
     return body
 

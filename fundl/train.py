@@ -94,10 +94,11 @@ from ._errors import ConfigError, ShapeError
 from ._layer import Layer
 from ._parallel import is_classification as _is_classification
 from ._parallel import replicate, unreplicate
+from ._precision import Policy
 from ._parallel import split_batch as _split_batch
 
 __all__ = ["make_train_step", "make_eval_step", "evaluate", "fit", "FitResult",
-           "param_labels", "set_hyperparams", "count_params", "replicate", "unreplicate"]
+           "param_labels", "set_hyperparams", "count_params", "replicate", "unreplicate", "Policy"]
 
 _REQUIRED = object()
 
@@ -114,7 +115,8 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
                     loss_fn: Callable = F.cross_entropy, donate: bool = True,
                     metrics: Mapping[str, Callable] | None = None,
                     parallel: str | None = None, devices=None,
-                    sync_batch_stats: bool = True, accumulate: int = 1) -> Callable:
+                    sync_batch_stats: bool = True, accumulate: int = 1,
+                    precision=None) -> Callable:
     """Build the compiled training step for ``model`` and ``optimizer``.
 
     Args:
@@ -158,6 +160,14 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         micro-batch ``j`` gets the dropout key ``fold_in(key, j)``. Metrics are
         means over the micro-batches.
 
+      precision: mixed precision for the whole model: ``None``/``'float32'``;
+        ``'bfloat16'`` (float32 parameters, updates, output and loss; layers
+        compute in bfloat16); ``'float16'`` (the same in float16, with the loss
+        scaled by ``2 ** 12`` and steps with non-finite gradients skipped,
+        reported as ``metrics['grads_finite']``); or a :class:`Policy`
+        ``(param_dtype, compute_dtype, output_dtype, loss_scale)``. Batch-norm
+        statistics are float32 in every case.
+
     Returns:
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state,
       metrics)`` where ``batch = (x, y)``, ``x: [N, ...]`` host (NumPy) or device
@@ -196,7 +206,7 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
       >>> m['loss'].shape
       ()
     """
-    from . import _parallel
+    from . import _parallel, _precision
 
     _check_model(model, "make_train_step")
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
@@ -214,7 +224,8 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         raise ConfigError("make_train_step: devices= needs parallel='sharded' or 'pmap'; "
                           f"got parallel=None with devices={devices!r}")
     extra = dict(metrics or {})
-    body = _parallel.make_body(model, optimizer, loss_fn, extra, accumulate)
+    prec = _precision.policy(precision)
+    body = _parallel.make_body(model, optimizer, loss_fn, extra, accumulate, prec=prec)
     where = "make_train_step"
     if parallel == "sharded":
         devices = _parallel.check_devices(devices, where)
@@ -222,7 +233,7 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
     if parallel == "pmap":
         devices = _parallel.check_devices(devices, where)
         body = _parallel.make_body(model, optimizer, loss_fn, extra, accumulate,
-                                   grad_axis=_parallel.DATA_AXIS)
+                                   grad_axis=_parallel.DATA_AXIS, prec=prec)
         return _parallel.make_pmap_step(body, devices, accumulate, sync_batch_stats, donate, where)
 
     def step(params, state, opt_state, batch, key):
