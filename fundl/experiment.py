@@ -484,7 +484,9 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
     for epoch in range(start, last):
         t0 = time.perf_counter()
         epoch_key = jax.random.fold_in(root, epoch)
-        loss_sum, correct, seen, shown = jnp.zeros(()), jnp.zeros(()), 0, 0.0
+        # Per-step metrics stay on the device and are averaged once (every batch has the
+        # same size): no extra dispatches per step.
+        losses, accs, seen, shown = [], [], 0, 0.0
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
                    disable=not progress, dynamic_ncols=True)
         t_log = time.perf_counter()
@@ -498,17 +500,18 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
                 xb = augment_fn(jax.random.fold_in(key, 1), xb)
             params, state, opt_state, m = step_fn(params, state, opt_state, (xb, yb), key)
             m = _local(m)  # this process's copy of the (replicated) global metrics
-            loss_sum, correct = loss_sum + m["loss"] * batch_size, correct + m["accuracy"] * batch_size
+            losses.append(m["loss"])
+            accs.append(m["accuracy"])
             seen += batch_size
             if progress and ((i + 1) % log_every == 0 or i + 1 == steps):
                 now = time.perf_counter()
-                shown = float(loss_sum) / seen  # the only host sync in the loop
+                shown = float(jnp.mean(jnp.stack(losses)))  # the only host sync in the loop
                 bar.set_postfix(loss=f"{shown:.4f}", ex_s=f"{log_every * batch_size / (now - t_log):.0f}",
                                 refresh=False)
                 bar.update(i + 1 - bar.n)
                 t_log = now
         bar.close()
-        train_loss, train_acc = float(loss_sum) / seen, float(correct) / seen  # waits for the last step
+        train_loss, train_acc = (float(jnp.mean(jnp.stack(a))) for a in (losses, accs))  # waits for the last step
         train_seconds = time.perf_counter() - t0
         test_loss, test_acc = _evaluate(eval_step, *_local((params, state)), x_test, y_test,
                                         transform, eval_batch_size)
