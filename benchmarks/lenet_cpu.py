@@ -73,7 +73,6 @@ def flax_step(x, y):
     params = net.init(jax.random.key(0), x)
     opt = optax.sgd(LR)
 
-    @jax.jit
     def step(params, opt_state, x, y):
         def loss_fn(p):
             return optax.softmax_cross_entropy_with_integer_labels(net.apply(p, x), y).mean()
@@ -160,7 +159,7 @@ def torch_step(x, y, compile_=False, threads=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=30, help="interleaved timed rounds (default 30)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     p.add_argument("--lowering", default="", help="fundl conv,pool lowering (default auto,auto)")

@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist"
+if str(REPO / "experiments") not in sys.path:  # the demos' shared data helper lives beside this script
+    sys.path.insert(0, str(REPO / "experiments"))
+from _demo_data import DEFAULT_MNIST, load_subset  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -52,26 +55,6 @@ def parse_args(argv=None):
     if args.lam < 0:
         p.error(f"--lam must be >= 0; got {args.lam}")
     return args
-
-
-def load_subset(data_dir, train_size: int, test_size: int, seed: int):
-    """``(x_train, y_train), (x_test, y_test), source``: ``x`` float32 in [0, 1], ``[N, H, W, 1]``."""
-    import numpy as np
-
-    import fundl.data as D
-
-    if pathlib.Path(data_dir).is_dir():
-        train, test = D.load_idx(data_dir, "train"), D.load_idx(data_dir, "test")
-        source = f"MNIST from {data_dir}"
-    else:
-        train, test = D.load("digits", "train"), D.load("digits", "test")
-        source = f"sklearn digits ({data_dir} not found)"
-    rng = np.random.default_rng(seed)
-    i = rng.permutation(len(train.y))[:train_size]
-    j = rng.permutation(len(test.y))[:test_size]
-    scale = float(train.x.max()) or 1.0  # 255 for MNIST, 16 for the sklearn digits
-    f = lambda x: (x.astype(np.float32) / scale)
-    return (f(train.x[i]), train.y[i]), (f(test.x[j]), test.y[j]), source
 
 
 def make_objective(model, lam: float):
