@@ -1,16 +1,18 @@
-"""jit compile time of the ResNet-50 train step: fundl vs flax linen.
+"""jit compile time of a ResNet train step: fundl (with and without scan) vs flax linen.
 
 Times the first call of each jitted train step (tracing, XLA compilation and
 one execution) minus the median of the next calls (execution alone), with the
-persistent compilation cache disabled, each framework in a fresh process (so
-neither profits from the other's warm caches), alternating for ``--repeats``
-rounds.
+persistent compilation cache disabled, each contestant in a fresh process (so
+none profits from another's warm caches), alternating for ``--repeats``
+rounds. ``fundl scan`` is the same model built with ``scan=True`` (each
+stage's repeated blocks compiled once as a ``lax.scan``).
 
-    python benchmarks/compile_time.py                 # ResNet-50, batch 2, ~2 min (4+ if busy)
-    python benchmarks/compile_time.py --repeats 2     # two fresh processes per framework
-    python benchmarks/compile_time.py --model resnet18
+    python benchmarks/compile_time.py                 # ResNet-50, batch 2, ~3 min (5+ if busy)
+    python benchmarks/compile_time.py --repeats 2     # two fresh processes per contestant
+    python benchmarks/compile_time.py --model resnet152 --no-flax
 
-Prints a table of seconds and ``ratio compile fundl/flax=X.XX`` (medians).
+Prints a table of seconds, ``ratio compile fundl/flax=X.XX`` and
+``ratio compile fundl_scan/fundl=Y.YY`` (medians).
 """
 from __future__ import annotations
 
@@ -40,7 +42,10 @@ def _child(framework, model, batch):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
     y = rng.integers(0, classes, batch).astype(np.int32)
-    run = R.fundl_step(model, x, y) if framework == "fundl" else R.flax_step(model, x, y)[0]
+    if framework == "flax":
+        run = R.flax_step(model, x, y)[0]
+    else:
+        run = R.fundl_step(model, x, y, scan=framework == "fundl-scan")
     t0 = time.perf_counter()
     jax.block_until_ready(run())
     first = time.perf_counter() - t0
@@ -54,9 +59,11 @@ def _child(framework, model, batch):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="resnet50", choices=["resnet18", "resnet50"])
+    p.add_argument("--model", default="resnet50",
+                   choices=["resnet18", "resnet50", "resnet101", "resnet152"])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--no-flax", action="store_true", help="time fundl only (with and without scan)")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -64,21 +71,30 @@ def main(argv=None):
         return
     import _harness
     _harness.print_machine()
-    res = {"fundl": [], "flax linen": []}
+    contestants = [("fundl", "fundl"), ("fundl-scan", "fundl scan")]
+    if not args.no_flax:
+        contestants.append(("flax", "flax linen"))
+    res = {key: [] for _, key in contestants}
+    step_s = {key: [] for _, key in contestants}
     for _ in range(args.repeats):
-        for fw, key in (("fundl", "fundl"), ("flax", "flax linen")):
+        for fw, key in contestants:
             out = subprocess.run([sys.executable, __file__, "--child", fw, "--model", args.model,
                                   "--batch", str(args.batch)], capture_output=True, text=True,
                                  check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             res[key].append(r["first_s"] - r["run_s"])
+            step_s[key].append(r["run_s"])
     print(f"\n## {args.model} train step (batch {args.batch}): first call minus a later call "
           f"(trace + compile), {args.repeats} fresh processes each")
-    print(f"{'':14s} {'median':>8s} {'min':>8s} {'max':>8s}   (s)")
+    print(f"{'':14s} {'median':>8s} {'min':>8s} {'max':>8s}   (s)   step after compiling (s)")
     for k, v in res.items():
-        print(f"{k:14s} {statistics.median(v):8.2f} {min(v):8.2f} {max(v):8.2f}")
-    print(f"ratio compile fundl/flax="
-          f"{statistics.median(res['fundl']) / statistics.median(res['flax linen']):.2f}")
+        print(f"{k:14s} {statistics.median(v):8.2f} {min(v):8.2f} {max(v):8.2f}"
+              f"         {statistics.median(step_s[k]):8.2f}")
+    med = {k: statistics.median(v) for k, v in res.items()}
+    if "flax linen" in med:
+        print(f"ratio compile fundl/flax={med['fundl'] / med['flax linen']:.2f} "
+              f"fundl_scan/flax={med['fundl scan'] / med['flax linen']:.2f}")
+    print(f"ratio compile fundl_scan/fundl={med['fundl scan'] / med['fundl']:.2f}")
 
 
 if __name__ == "__main__":

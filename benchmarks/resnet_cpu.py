@@ -35,19 +35,22 @@ LR, MOMENTUM = 0.1, 0.9
 SPECS = {  # name: (block kind, blocks per stage, stem, image size, classes)
     "resnet18": ("basic", (2, 2, 2, 2), "cifar", 32, 10),
     "resnet50": ("bottleneck", (3, 4, 6, 3), "imagenet", 224, 1000),
+    "resnet101": ("bottleneck", (3, 4, 23, 3), "imagenet", 224, 1000),
+    "resnet152": ("bottleneck", (3, 8, 36, 3), "imagenet", 224, 1000),
 }
 
 
 # -- fundl ---------------------------------------------------------------------------
 
-def fundl_step(name, x, y):
-    """A zero-argument callable running one fundl train step (``make_train_step``)."""
+def fundl_step(name, x, y, scan=False):
+    """A zero-argument callable running one fundl train step (``make_train_step``);
+    ``scan`` compiles each stage's repeated blocks once (``resnet(..., scan=True)``)."""
     import jax
     import optax
 
     from fundl import models, train
     _, _, stem, _, classes = SPECS[name]
-    model = getattr(models, name)(classes, stem=stem)
+    model = getattr(models, name)(classes, stem=stem, scan=scan)
     _, params, state = model.init(jax.random.key(0), x.shape)
     opt = optax.sgd(LR, MOMENTUM)
     step = train.make_train_step(model, opt)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import _scan
 from ._errors import ConfigError, ShapeError
 from ._layer import (Layer, _default_name, child_entry, is_shape, label, layer, put, shared_use,
                      split_key, unique_children)
@@ -30,7 +31,7 @@ def _combinator(kind, name, children, init_fn, apply_fn, config=None) -> Layer:
                  types.MappingProxyType(dict(config or {})))
 
 
-def Serial(*layers: Layer, name: str | None = None) -> Layer:
+def Serial(*layers: Layer, scan: bool = False, name: str | None = None) -> Layer:
     """Apply layers one after the other: ``y = f_n(...f_2(f_1(x)))``.
 
     Children with the same name are renamed ``conv1, conv2, ...``; the
@@ -38,6 +39,12 @@ def Serial(*layers: Layer, name: str | None = None) -> Layer:
 
     Args:
       *layers: the layers, in order.
+      scan: run each stretch of consecutive copies of one layer (same
+        constructor and arguments, parameters of equal shapes, output shape
+        = input shape; e.g. the repeated blocks of a ResNet stage) as one
+        ``lax.scan``, so XLA compiles the repeated layer once. The parameter
+        and state trees are the same as without ``scan``, and so are the
+        results up to float rounding. Children that differ run as usual.
       name: the key of this chain's parameters in a parent (default ``'serial'``).
 
     Example:
@@ -49,7 +56,10 @@ def Serial(*layers: Layer, name: str | None = None) -> Layer:
     """
     if not layers:
         raise ConfigError("Serial: needs at least one layer; got none")
+    if not isinstance(scan, bool):
+        raise ConfigError(f"Serial: scan must be a bool; got scan={scan!r}")
     children = unique_children(layers, "Serial")
+    sigs = [_scan.signature(c) for _, c in children] if scan else None
 
     def init_fn(key, shape):
         params, state = {}, {}
@@ -60,15 +70,25 @@ def Serial(*layers: Layer, name: str | None = None) -> Layer:
         return shape, params, state
 
     def apply_fn(params, state, x, *, key, train):
-        new_state = {}
-        for (n, child), k in zip(children, split_key(key, len(children))):
+        new_state, keys, i = {}, split_key(key, len(children)), 0
+        while i < len(children):
+            stop = _scan.stretch(children, sigs, params, state, i) if scan else i + 1
+            done = stop - i > 1 and _scan.apply_run(children[i:stop], params, state, x,
+                                                    keys[i:stop], train=train, owner="Serial")
+            if done:
+                x, states = done
+                new_state.update(states)
+                i = stop
+                continue
+            n, child = children[i]
             x, s = child.apply_with_state(child_entry(params, n, "Serial"),
                                           child_entry(state, n, "Serial", "state"),
-                                          x, key=k, train=train)
+                                          x, key=keys[i], train=train)
             put(new_state, n, s)
+            i += 1
         return x, new_state
 
-    return _combinator("Serial", name, children, init_fn, apply_fn)
+    return _combinator("Serial", name, children, init_fn, apply_fn, {"scan": True} if scan else None)
 
 
 def _merge_shapes(mode, shapes, who):

@@ -360,7 +360,7 @@ _BLOCKS = {"basic": (L.BasicBlock, 1), "bottleneck": (L.Bottleneck, 4)}
 
 
 def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str = "imagenet",
-           width: int = 64, name: str = "resnet") -> Layer:
+           width: int = 64, scan: bool = False, name: str = "resnet") -> Layer:
     """A ResNet (He et al. 2016) as in torchvision, with an ImageNet or CIFAR stem.
 
     ``stem`` -> ``layer1 .. layerK`` -> ``avgpool`` (global average) -> ``fc``.
@@ -378,6 +378,10 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
         ``maxpool`` 3 s2 p1 (total stride 4); ``'cifar'``: ``conv1`` 64 k3 s1
         p1 (no bias), ``bn1``, ``relu`` (stride 1, for 32x32 inputs).
       width: channels of the stem and the first stage.
+      scan: run the identical blocks of each stage (all but a stage's first
+        block when that one changes the shape) as one ``lax.scan``
+        (``Serial(..., scan=True)``): the same parameters, state and results,
+        and a deep network compiles in a fraction of the time.
       name: parameter key (children ``conv1, bn1, layer1/block1/..., fc``).
 
     Shapes: ``[N, H, W, 3] -> [N, num_classes]``; ImageNet: 224x224 (total
@@ -396,6 +400,8 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
     if isinstance(layers, int) or not isinstance(layers, Sequence) or not layers:
         raise ConfigError(f"{where}: layers must be a non-empty sequence of block counts, e.g. "
                           f"(2, 2, 2, 2); got {layers!r}")
+    if not isinstance(scan, bool):
+        raise ConfigError(f"{where}: scan must be a bool; got scan={scan!r}")
     _check_int(where, num_classes=num_classes, width=width,
                **{f"layers[{i}]": n for i, n in enumerate(layers)})
     if stem == "imagenet":
@@ -412,14 +418,16 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
     for i, n in enumerate(layers):
         blocks = [block(width * 2 ** i, stride=2 if (i > 0 and j == 0) else 1, name=f"block{j + 1}")
                   for j in range(n)]
-        stages.append(L.Serial(*blocks, name=f"layer{i + 1}"))
+        stages.append(L.Serial(*blocks, scan=scan, name=f"layer{i + 1}"))
     return L.Serial(*head, *stages, L.GlobalAvgPool(name="avgpool"),
                     L.Dense(num_classes, name="fc"), name=name)
 
 
 def _resnet_variant(depth, kind, layers, count):
-    def build(num_classes: int = 1000, *, stem: str = "imagenet", name: str | None = None) -> Layer:
-        return resnet(kind, layers, num_classes, stem=stem, name=name or f"resnet{depth}")
+    def build(num_classes: int = 1000, *, stem: str = "imagenet", scan: bool = False,
+              name: str | None = None) -> Layer:
+        return resnet(kind, layers, num_classes, stem=stem, scan=scan,
+                      name=name or f"resnet{depth}")
 
     block = "BasicBlock" if kind == "basic" else "Bottleneck"
     build.__name__ = build.__qualname__ = f"resnet{depth}"
@@ -430,6 +438,8 @@ def _resnet_variant(depth, kind, layers, count):
     Args:
       num_classes: outputs of ``fc``.
       stem: ``'imagenet'`` (224x224 inputs) or ``'cifar'`` (32x32 inputs).
+      scan: compile each stage's repeated blocks once (``lax.scan``); same
+        parameters and results (see :func:`resnet`).
       name: parameter key (default ``'resnet{depth}'``).
 
     Shapes: ``[N, 224, 224, 3] -> [N, num_classes]`` (``'cifar'``: ``[N, 32, 32, 3]``).
