@@ -31,7 +31,7 @@ def _combinator(kind, name, children, init_fn, apply_fn, config=None) -> Layer:
                  types.MappingProxyType(dict(config or {})))
 
 
-def Serial(*layers: Layer, scan: bool = False, name: str | None = None) -> Layer:
+def Serial(*layers: Layer, scan: bool | int = False, name: str | None = None) -> Layer:
     """Apply layers one after the other: ``y = f_n(...f_2(f_1(x)))``.
 
     Children with the same name are renamed ``conv1, conv2, ...``; the
@@ -42,9 +42,12 @@ def Serial(*layers: Layer, scan: bool = False, name: str | None = None) -> Layer
       scan: run each stretch of consecutive copies of one layer (same
         constructor and arguments, parameters of equal shapes, output shape
         = input shape; e.g. the repeated blocks of a ResNet stage) as one
-        ``lax.scan``, so XLA compiles the repeated layer once. The parameter
-        and state trees are the same as without ``scan``, and so are the
-        results up to float rounding. Children that differ run as usual.
+        ``lax.scan``, so XLA compiles the repeated layer once. ``True``
+        scans stretches of at least 8 copies (shorter ones compiled faster
+        unrolled on CPU, see BENCHMARKS.md), an int ``k >= 2`` stretches of
+        at least ``k``, ``False`` none. The parameter and state trees are the
+        same as without ``scan``, and so are the results up to float
+        rounding. Children that differ run as usual.
       name: the key of this chain's parameters in a parent (default ``'serial'``).
 
     Example:
@@ -56,10 +59,9 @@ def Serial(*layers: Layer, scan: bool = False, name: str | None = None) -> Layer
     """
     if not layers:
         raise ConfigError("Serial: needs at least one layer; got none")
-    if not isinstance(scan, bool):
-        raise ConfigError(f"Serial: scan must be a bool; got scan={scan!r}")
+    min_run = _scan.min_run(scan, "Serial")
     children = unique_children(layers, "Serial")
-    sigs = [_scan.signature(c) for _, c in children] if scan else None
+    sigs = [_scan.signature(c) for _, c in children] if min_run else None
 
     def init_fn(key, shape):
         params, state = {}, {}
@@ -72,8 +74,8 @@ def Serial(*layers: Layer, scan: bool = False, name: str | None = None) -> Layer
     def apply_fn(params, state, x, *, key, train):
         new_state, keys, i = {}, split_key(key, len(children)), 0
         while i < len(children):
-            stop = _scan.stretch(children, sigs, params, state, i) if scan else i + 1
-            done = stop - i > 1 and _scan.apply_run(children[i:stop], params, state, x,
+            stop = _scan.stretch(children, sigs, params, state, i) if min_run else i + 1
+            done = stop - i >= min_run > 0 and _scan.apply_run(children[i:stop], params, state, x,
                                                     keys[i:stop], train=train, owner="Serial")
             if done:
                 x, states = done
@@ -88,7 +90,8 @@ def Serial(*layers: Layer, scan: bool = False, name: str | None = None) -> Layer
             i += 1
         return x, new_state
 
-    return _combinator("Serial", name, children, init_fn, apply_fn, {"scan": True} if scan else None)
+    return _combinator("Serial", name, children, init_fn, apply_fn,
+                       {"scan": scan} if min_run else None)
 
 
 def _merge_shapes(mode, shapes, who):

@@ -1,7 +1,7 @@
 """Runs of identical layers under ``lax.scan``: one compiled body instead of one per layer.
 
-``Serial(..., scan=True)`` groups consecutive children that are copies of one
-layer (same kind and hyper-parameters, recursively, and parameter and state
+``Serial(..., scan=True)`` (or ``scan=k``: stretches of at least ``k``)
+groups consecutive children that are copies of one layer (same kind and hyper-parameters, recursively, and parameter and state
 trees of the same shapes) and that keep the input's shape, as the repeated
 residual blocks of a ResNet stage do. Each group runs as one ``lax.scan``
 over the children's parameters, stacked along a new leading axis at call
@@ -18,7 +18,23 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from ._errors import ConfigError
 from ._layer import Layer, child_entry, put
+
+# scan=True: stretches of fewer copies compiled faster unrolled (ResNet-50's
+# runs of 2-5 blocks took 1.5x longer scanned; ResNet-101/152's runs of 22/35
+# blocks 0.6-0.8x with this threshold; BENCHMARKS.md).
+DEFAULT_MIN_RUN = 8
+
+
+def min_run(scan, where: str) -> int:
+    """The shortest stretch that ``scan`` runs as a ``lax.scan`` (0: none)."""
+    if isinstance(scan, bool):
+        return DEFAULT_MIN_RUN if scan else 0
+    if isinstance(scan, int) and scan >= 2:
+        return scan
+    raise ConfigError(f"{where}: scan must be True, False or an int >= 2 (the shortest stretch "
+                      f"of identical layers to scan); got scan={scan!r}")
 
 
 def signature(layer: Layer):
@@ -85,7 +101,7 @@ def apply_run(children, params_tree, state_tree, x, keys, *, train, owner):
         p, s, k = slab
         return layer0.apply_with_state(p, s, h, key=k, train=train)
 
-    y, new = jax.lax.scan(body, x, xs)
+    y, new = jax.lax.scan(body, x, xs, length=len(children))
     out = {}
     for i, n in enumerate(names):
         put(out, n, jax.tree_util.tree_map(lambda a, i=i: a[i], new))

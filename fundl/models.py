@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax.nn import initializers
 
+from . import _scan
 from . import layers as L
 from ._blocks import resnet_conv_init
 from ._errors import ConfigError, ShapeError
@@ -360,7 +361,7 @@ _BLOCKS = {"basic": (L.BasicBlock, 1), "bottleneck": (L.Bottleneck, 4)}
 
 
 def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str = "imagenet",
-           width: int = 64, scan: bool = False, name: str = "resnet") -> Layer:
+           width: int = 64, scan: bool | int = False, name: str = "resnet") -> Layer:
     """A ResNet (He et al. 2016) as in torchvision, with an ImageNet or CIFAR stem.
 
     ``stem`` -> ``layer1 .. layerK`` -> ``avgpool`` (global average) -> ``fc``.
@@ -380,8 +381,10 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
       width: channels of the stem and the first stage.
       scan: run the identical blocks of each stage (all but a stage's first
         block when that one changes the shape) as one ``lax.scan``
-        (``Serial(..., scan=True)``): the same parameters, state and results,
-        and a deep network compiles in a fraction of the time.
+        (``Serial(..., scan=...)``): ``True`` for stages with at least 8
+        such blocks (ResNet-101/152's third stage), an int ``k`` for at
+        least ``k``. The same parameters, state and results; ResNet-152's
+        train step compiles in about 0.7x the time on CPU.
       name: parameter key (children ``conv1, bn1, layer1/block1/..., fc``).
 
     Shapes: ``[N, H, W, 3] -> [N, num_classes]``; ImageNet: 224x224 (total
@@ -400,8 +403,7 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
     if isinstance(layers, int) or not isinstance(layers, Sequence) or not layers:
         raise ConfigError(f"{where}: layers must be a non-empty sequence of block counts, e.g. "
                           f"(2, 2, 2, 2); got {layers!r}")
-    if not isinstance(scan, bool):
-        raise ConfigError(f"{where}: scan must be a bool; got scan={scan!r}")
+    _scan.min_run(scan, where)  # a clear error naming this model
     _check_int(where, num_classes=num_classes, width=width,
                **{f"layers[{i}]": n for i, n in enumerate(layers)})
     if stem == "imagenet":
@@ -424,7 +426,7 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
 
 
 def _resnet_variant(depth, kind, layers, count):
-    def build(num_classes: int = 1000, *, stem: str = "imagenet", scan: bool = False,
+    def build(num_classes: int = 1000, *, stem: str = "imagenet", scan: bool | int = False,
               name: str | None = None) -> Layer:
         return resnet(kind, layers, num_classes, stem=stem, scan=scan,
                       name=name or f"resnet{depth}")

@@ -37,7 +37,7 @@ def allclose(a, b, tol=1e-6):
 
 def test_runs_of_copies_become_one_scan_with_the_same_params_values_and_grads():
     layers = [L.Dense(8, name="inp"), *[block() for _ in range(4)], L.Dense(3, name="out")]
-    plain, scanned = L.Serial(*layers), L.Serial(*layers, scan=True)
+    plain, scanned = L.Serial(*layers), L.Serial(*layers, scan=2)
     _, params = plain.init(KEY, (5, 6))
     _, params_s = scanned.init(KEY, (5, 6))
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(params_s)
@@ -60,13 +60,13 @@ def test_runs_of_copies_become_one_scan_with_the_same_params_values_and_grads():
 
 def test_layers_that_differ_are_not_scanned():
     # different widths (signatures differ) and a shape-changing copy run as usual
-    net = L.Serial(L.Dense(8), L.Dense(8), L.Dense(4), L.Dense(4), scan=True)
+    net = L.Serial(L.Dense(8), L.Dense(8), L.Dense(4), L.Dense(4), scan=2)
     _, p = net.init(KEY, (2, 3))
     x = jnp.ones((2, 3))
     # Dense(8) on a 3-feature input changes the shape, its copy on 8 features
     # does not: the first pair differs in parameter shapes, the second is scanned
     assert count_scans(lambda p: net.apply(p, x), p) == []
-    same = L.Serial(L.Dense(4, name="a"), L.Dense(4), L.Dense(4), L.Dense(4), scan=True)
+    same = L.Serial(L.Dense(4, name="a"), L.Dense(4), L.Dense(4), L.Dense(4), scan=2)
     _, p = same.init(KEY, (2, 4))
     assert count_scans(lambda p: same.apply(p, jnp.ones((2, 4))), p) == [4]
     plain = L.Serial(L.Dense(4, name="a"), L.Dense(4), L.Dense(4), L.Dense(4))
@@ -77,7 +77,7 @@ def test_state_and_dropout_keys_match_the_unscanned_chain():
     def bn_block():
         return L.Residual(L.Serial(L.Dense(6), L.BatchNorm(), L.ReLU(), L.Dropout(0.3)))
     layers = [bn_block() for _ in range(3)]
-    plain, scanned = L.Serial(*layers), L.Serial(*layers, scan=True)
+    plain, scanned = L.Serial(*layers), L.Serial(*layers, scan=3)
     _, params, state = plain.init(KEY, (7, 6))
     x = jax.random.normal(KEY, (7, 6))
     k = jax.random.key(3)
@@ -92,7 +92,7 @@ def test_state_and_dropout_keys_match_the_unscanned_chain():
 
 def test_resnet_scan_same_tree_and_outputs_fewer_traced_blocks():
     kw = dict(num_classes=10, stem="cifar")
-    plain, scanned = models.resnet34(**kw), models.resnet34(**kw, scan=True)
+    plain, scanned = models.resnet34(**kw), models.resnet34(**kw, scan=2)
     _, params, state = plain.init(KEY, (2, 32, 32, 3))
     x = jax.random.normal(KEY, (2, 32, 32, 3))
     # layer1: blocks 1-3 (no projection); layer2..4: all but the strided first block
@@ -103,8 +103,31 @@ def test_resnet_scan_same_tree_and_outputs_fewer_traced_blocks():
     allclose(s_s, s, tol=2e-5)
 
 
+def test_copies_without_parameters_scan_too():
+    net = L.Serial(L.Dense(4), L.Tanh(), L.Tanh(), L.Tanh(), scan=2)
+    _, p = net.init(KEY, (2, 4))
+    x = jnp.linspace(-2, 2, 8).reshape(2, 4)
+    assert count_scans(lambda p: net.apply(p, x), p) == [3]
+    allclose(net.apply(p, x), jnp.tanh(jnp.tanh(jnp.tanh(x @ p["dense"]["w"] + p["dense"]["b"][None, :]))))
+
+
+def test_scan_true_means_stretches_of_at_least_eight():
+    blocks = [block() for _ in range(7)]
+    x = jnp.ones((2, 8))
+    for n, expected in ((7, []), (8, [8])):
+        net = L.Serial(*blocks[:1] * n, scan=True)
+        _, p = net.init(KEY, (2, 8))
+        assert count_scans(lambda p: net.apply(p, x), p) == expected
+    # ResNet-50's stages have 2-5 repeated blocks: nothing to scan; ResNet-101's third has 22
+    net = L.Serial(*[block() for _ in range(5)], scan=5)
+    _, p = net.init(KEY, (2, 8))
+    assert count_scans(lambda p: net.apply(p, x), p) == [5]
+
+
 def test_scan_argument_is_checked():
-    with pytest.raises(ConfigError, match="scan must be a bool; got scan='yes'"):
-        L.Serial(L.Dense(2), scan="yes")
-    with pytest.raises(ConfigError, match="resnet 'resnet18': scan must be a bool"):
+    for bad in ("yes", 1, 0, 2.0):
+        with pytest.raises(ConfigError, match=f"Serial: scan must be True, False or an int >= 2 "
+                                              rf".*got scan={bad!r}"):
+            L.Serial(L.Dense(2), scan=bad)
+    with pytest.raises(ConfigError, match="resnet 'resnet18': scan must be True, False or an int"):
         models.resnet18(scan=1)
