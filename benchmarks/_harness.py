@@ -2,9 +2,11 @@
 
 Each contestant is a zero-argument callable that runs one step and returns
 something to wait on (JAX arrays: ``jax.block_until_ready``; PyTorch is
-synchronous on CPU). Rounds are interleaved (A, B, C, A, B, C, ...), so a
+synchronous on CPU). Rounds are interleaved (A, B, C, B, C, A, ...), so a
 background process that steals a core for a while slows every contestant
-alike and the *ratios* stay meaningful even when absolute times do not.
+alike and the *ratios* stay meaningful even when absolute times do not. A
+short sleep before each sample lets the previous contestant's spinning
+worker threads go idle.
 """
 from __future__ import annotations
 
@@ -61,15 +63,20 @@ def _wait(out):
 
 
 def bench(contestants: dict[str, Callable[[], object]], *, warmup: int = 3, rounds: int = 20,
-          inner: int = 1) -> dict[str, list[float]]:
+          inner: int = 1, gap: float = 0.02) -> dict[str, list[float]]:
     """Time each contestant in interleaved rounds.
 
     Args:
       contestants: ``{name: fn}``; ``fn()`` runs one step.
       warmup: untimed calls of each contestant first (compilation, caches).
       rounds: timed rounds; each round calls every contestant ``inner`` times
-        in turn and records seconds per call.
+        in turn and records seconds per call. The order rotates by one
+        contestant per round, so nobody always runs right after the same peer.
       inner: calls per timed sample (to average out very short steps).
+      gap: seconds of sleep before each timed sample. The thread pools of
+        PyTorch (OpenMP) and XLA keep spinning for a while after a step; on a
+        2-core machine those spinning threads would slow whichever contestant
+        runs next.
 
     Returns:
       ``{name: [seconds per call, one entry per round]}``.
@@ -77,9 +84,12 @@ def bench(contestants: dict[str, Callable[[], object]], *, warmup: int = 3, roun
     for fn in contestants.values():
         for _ in range(warmup):
             _wait(fn())
-    times = {name: [] for name in contestants}
-    for _ in range(rounds):
-        for name, fn in contestants.items():
+    names = list(contestants)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = contestants[name]
+            time.sleep(gap)
             t0 = time.perf_counter()
             for _ in range(inner):
                 out = fn()

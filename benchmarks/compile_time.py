@@ -4,14 +4,17 @@ Times the first call of each jitted train step (tracing, XLA compilation and
 one execution) minus the median of the next calls (execution alone), with the
 persistent compilation cache disabled, each contestant in a fresh process (so
 none profits from another's warm caches), alternating for ``--repeats``
-rounds. ``fundl scan`` is the same model built with ``scan=True`` (each
-stage's repeated blocks compiled once as a ``lax.scan``).
+rounds. ``fundl scan`` is the same model built with ``scan=True`` (stretches
+of at least 8 identical blocks compiled once as a ``lax.scan``; ``--scan K``
+for ``scan=K``).
 
     python benchmarks/compile_time.py                 # ResNet-50, batch 2, ~3 min (5+ if busy)
     python benchmarks/compile_time.py --repeats 2     # two fresh processes per contestant
     python benchmarks/compile_time.py --model resnet152 --no-flax
+    python benchmarks/compile_time.py --model resnet50 --no-flax --scan 2   # scan=2
 
-Prints a table of seconds, ``ratio compile fundl/flax=X.XX`` and
+Prints a table of seconds, ``ratio compile fundl/flax=X.XX`` and, for models
+with a stretch of blocks to scan (ResNet-101/152, or any with ``--scan K``),
 ``ratio compile fundl_scan/fundl=Y.YY`` (medians).
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 
-def _child(framework, model, batch):
+def _child(framework, model, batch, scan=True):
     """Run in a fresh process: print JSON {trace_compile_s, run_s}."""
     os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     import jax
@@ -45,7 +48,7 @@ def _child(framework, model, batch):
     if framework == "flax":
         run = R.flax_step(model, x, y)[0]
     else:
-        run = R.fundl_step(model, x, y, scan=framework == "fundl-scan")
+        run = R.fundl_step(model, x, y, scan=scan if framework == "fundl-scan" else False)
     t0 = time.perf_counter()
     jax.block_until_ready(run())
     first = time.perf_counter() - t0
@@ -64,14 +67,21 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--no-flax", action="store_true", help="time fundl only (with and without scan)")
+    p.add_argument("--scan", type=int, default=0,
+                   help="'fundl scan' with scan=K (shortest scanned stretch); default scan=True (8)")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        _child(args.child, args.model, args.batch)
+        _child(args.child, args.model, args.batch, args.scan or True)
         return
     import _harness
     _harness.print_machine()
-    contestants = [("fundl", "fundl"), ("fundl-scan", "fundl scan")]
+    import resnet_cpu as R
+    # scan=True leaves models whose stages repeat a block < 8 times (ResNet-18/50) unchanged
+    repeats = max(R.SPECS[args.model][1]) - 1
+    contestants = [("fundl", "fundl")]
+    if repeats >= (args.scan or 8):
+        contestants.append(("fundl-scan", "fundl scan"))
     if not args.no_flax:
         contestants.append(("flax", "flax linen"))
     res = {key: [] for _, key in contestants}
@@ -79,8 +89,8 @@ def main(argv=None):
     for _ in range(args.repeats):
         for fw, key in contestants:
             out = subprocess.run([sys.executable, __file__, "--child", fw, "--model", args.model,
-                                  "--batch", str(args.batch)], capture_output=True, text=True,
-                                 check=True)
+                                  "--batch", str(args.batch), "--scan", str(args.scan)],
+                                 capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             res[key].append(r["first_s"] - r["run_s"])
             step_s[key].append(r["run_s"])
@@ -92,9 +102,9 @@ def main(argv=None):
               f"         {statistics.median(step_s[k]):8.2f}")
     med = {k: statistics.median(v) for k, v in res.items()}
     if "flax linen" in med:
-        print(f"ratio compile fundl/flax={med['fundl'] / med['flax linen']:.2f} "
-              f"fundl_scan/flax={med['fundl scan'] / med['flax linen']:.2f}")
-    print(f"ratio compile fundl_scan/fundl={med['fundl scan'] / med['fundl']:.2f}")
+        print(f"ratio compile fundl/flax={med['fundl'] / med['flax linen']:.2f}")
+    if "fundl scan" in med:
+        print(f"ratio compile fundl_scan/fundl={med['fundl scan'] / med['fundl']:.2f}")
 
 
 if __name__ == "__main__":

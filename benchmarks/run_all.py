@@ -1,12 +1,14 @@
-"""Run the CPU benchmark suite, one benchmark after another (~6-8 min on 2 cores).
+"""Run the CPU benchmark suite, one benchmark after another (~10 min on 2 cores).
 
     python benchmarks/run_all.py            # everything, default (short) settings
-    python benchmarks/run_all.py --quick    # fewer rounds, skips the ResNet-50 compile timing
+    python benchmarks/run_all.py --quick    # fewer rounds, skips the compile timings
 
 Each benchmark is also a script of its own (see its docstring):
 ``lenet_cpu.py`` (course convnet train step vs PyTorch / flax / stax),
 ``resnet_cpu.py`` (ResNet-18 CIFAR train step), ``compile_time.py``
-(ResNet-50 jit compile time), ``batched_vs_loop.py`` (batching speed-up).
+(ResNet-50 jit compile time vs flax; ResNet-152 with and without ``scan``),
+``batched_vs_loop.py`` (batching speed-up). ``lenet_breakdown.py`` (where the
+convnet step's time goes) is a diagnostic, not part of the suite.
 No timing is asserted anywhere; the machine may be shared, so read ratios of
 interleaved rounds rather than absolute times.
 """
@@ -30,7 +32,7 @@ def main(argv=None):
         ["resnet_cpu.py"] + (["--rounds", "3"] if args.quick else []),
     ]
     if not args.quick:
-        plan.append(["compile_time.py"])
+        plan += [["compile_time.py"], ["compile_time.py", "--model", "resnet152", "--no-flax"]]
     failed = []
     for cmd in plan:
         print(f"\n===== {' '.join(cmd)}", flush=True)
