@@ -78,7 +78,7 @@ def main(argv=None):
     _harness.print_machine()
     import resnet_cpu as R
     # scan=True leaves models whose stages repeat a block < 8 times (ResNet-18/50) unchanged
-    repeats = max(R.SPECS[args.model][1]) - 1
+    repeats = max(R.SPECS[args.model][1])  # at most this many copies in a row
     contestants = [("fundl", "fundl")]
     if repeats >= (args.scan or 8):
         contestants.append(("fundl-scan", "fundl scan"))
