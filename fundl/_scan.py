@@ -1,9 +1,10 @@
 """Runs of identical layers under ``lax.scan``: one compiled body instead of one per layer.
 
 ``Serial(..., scan=True)`` (or ``scan=k``: stretches of at least ``k``)
-groups consecutive children that are copies of one layer (same kind and hyper-parameters, recursively, and parameter and state
-trees of the same shapes) and that keep the input's shape, as the repeated
-residual blocks of a ResNet stage do. Each group runs as one ``lax.scan``
+groups consecutive children that are copies of one layer (same kind and
+hyper-parameters, recursively, and parameter and state trees of the same
+shapes) and that keep the input's shape, as the repeated residual blocks of
+a ResNet stage do. Each group runs as one ``lax.scan``
 over the children's parameters, stacked along a new leading axis at call
 time, so XLA traces and compiles the block once. The parameter and state
 trees keep their usual layout (``block2``, ``block3``, ...), so a model

@@ -384,7 +384,7 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
         (``Serial(..., scan=...)``): ``True`` for stages with at least 8
         such blocks (ResNet-101/152's third stage), an int ``k`` for at
         least ``k``. The same parameters, state and results; ResNet-152's
-        train step compiles in about 0.7x the time on CPU.
+        train step compiles in about half the time on CPU.
       name: parameter key (children ``conv1, bn1, layer1/block1/..., fc``).
 
     Shapes: ``[N, H, W, 3] -> [N, num_classes]``; ImageNet: 224x224 (total
