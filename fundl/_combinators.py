@@ -75,8 +75,9 @@ def Serial(*layers: Layer, scan: bool | int = False, name: str | None = None) ->
         new_state, keys, i = {}, split_key(key, len(children)), 0
         while i < len(children):
             stop = _scan.stretch(children, sigs, params, state, i) if min_run else i + 1
-            done = stop - i >= min_run > 0 and _scan.apply_run(children[i:stop], params, state, x,
-                                                    keys[i:stop], train=train, owner="Serial")
+            done = (min_run and stop - i >= min_run
+                    and _scan.apply_run(children[i:stop], params, state, x, keys[i:stop],
+                                        train=train, owner="Serial"))
             if done:
                 x, states = done
                 new_state.update(states)
