@@ -34,14 +34,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import _loop
+from . import train as _train  # module lookup: train.evaluate is the one evaluator
 from ._errors import ConfigError, ShapeError
 from ._layer import Layer
 from .data import batches, prefetch_to_device
-from .train import make_eval_step, make_train_step, param_labels
+from .train import make_train_step, param_labels
 
 __all__ = ["run", "load_checkpoint", "load_splits", "steps_per_epoch", "make_schedule", "make_optimizer", "add_training_flags", "read_metrics",
            "plot_curves", "SCHEDULES", "OPTIMIZERS"]
@@ -354,17 +355,6 @@ def _check_arrays(name, data):
     return np.asarray(x), np.asarray(y)
 
 
-def _evaluate(eval_step, params, state, x, y, transform, batch_size):
-    sums = []
-    for i in range(0, len(x), batch_size):
-        xb = transform(x[i:i + batch_size])
-        sums.append(eval_step(params, state, (jnp.asarray(xb), jnp.asarray(y[i:i + batch_size]))))
-    sums = jax.device_get(sums)  # one host sync for the whole pass
-    n = sum(int(s["count"]) for s in sums)
-    return (float(sum(np.float64(s["loss_sum"]) for s in sums) / n),
-            sum(int(s["correct"]) for s in sums) / n)
-
-
 def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, out,
         epochs: int, batch_size: int, seed: int = 0, transform: Callable | None = None,
         augment: Callable | None = None, resume: bool = False, stop_after: int | None = None,
@@ -377,7 +367,8 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
       model: a classifier ``[N, H, W, C] -> [N, num_classes]``.
       optimizer: an Optax optimizer (e.g. from :func:`make_optimizer`).
       train: ``(x, y)`` host arrays, ``x: [N, H, W, C]`` (e.g. ``uint8``), ``y: [N]`` int.
-      test: ``(x, y)`` host arrays, evaluated after every epoch.
+      test: ``(x, y)`` host arrays, evaluated after every epoch with
+        :func:`fundl.train.evaluate` (the same ``transform``, ``eval_batch_size`` rows per call).
       out: output directory (created).
       epochs: total epochs.
       batch_size: examples per step; the last partial batch of an epoch is dropped
@@ -394,7 +385,8 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
       eval_batch_size: examples per evaluation call.
       config: the settings to record in ``out/config.json`` (JSON-able).
       learning_rate: the schedule, to record the learning rate of each epoch in the metrics.
-      log_every: steps between reads of the loss from the device (each read waits for it).
+      log_every: steps between reads of the metrics from the device (each read waits
+        for it; with or without the progress bar).
       title: the curves figure's title.
       data_parallel: train with ``make_train_step(..., parallel='sharded')`` over
         all devices of all processes (``batch_size`` is the global batch and must
@@ -403,18 +395,59 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         each process reads only its rows of every batch, only process 0 writes
         ``config.json``, ``metrics.jsonl`` and ``curves.png``, and every process
         takes part in the Orbax checkpoints. Evaluation runs on each process's
-        first device over the whole test set.
+        first device's copy of the (replicated) trees, over the whole test set.
 
     Returns:
       All epoch records of the run (those restored from ``metrics.jsonl`` on
       resume included), as written to ``metrics.jsonl``.
     """
-    from tqdm.auto import tqdm
+    x_train, y_train, test, steps = _check_run_args(
+        model, train, test, epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size,
+        log_every=log_every, data_parallel=data_parallel)
+    primary = jax.process_index() == 0  # the one process that writes logs and plots
+    transform = transform or (lambda a: np.asarray(a, np.float32))
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, dict(config or {}), resume, write=primary)
+    if data_parallel:
+        print(f"data parallel: {jax.device_count()} devices ({jax.local_device_count()} local, "
+              f"{jax.process_count()} process(es)), {batch_size // jax.device_count()} examples "
+              f"per device", flush=True)
+    t_run = time.perf_counter()
+    root = jax.random.key(seed)
+    trees, manager, start, records = _init_or_restore(
+        model, optimizer, root, (batch_size, *x_train.shape[1:]), out, resume=resume, primary=primary)
+    step_fn = make_train_step(model, optimizer, parallel="sharded" if data_parallel else None)
+    step = _train_step_with_augment(step_fn, augment, data_parallel)
+    epoch_batches = _data_pipeline(step_fn, x_train, y_train, batch_size=batch_size, seed=seed,
+                                   transform=transform, data_parallel=data_parallel)
 
+    def test_metrics(trees):  # evaluation on this process's first device, whole test set
+        return _train.evaluate(model, *_local(trees[:2]), test, batch_size=eval_batch_size,
+                               transform=transform)
+
+    last = epochs if stop_after is None else min(epochs, stop_after)
+    for epoch in range(start, last):
+        trees, record = _train_epoch(step, trees, epoch_batches, epoch, root=root, steps=steps,
+                                     epochs=epochs, progress=progress, log_every=log_every,
+                                     test_metrics=test_metrics, learning_rate=learning_rate)
+        records.append(record)
+        _save(manager, epoch + 1, dict(zip(("params", "state", "opt_state"), trees)))
+        _write_epoch(out, records, title=title, primary=primary, epochs=epochs)
+    manager.wait_until_finished()
+    manager.close()
+    _report(records, start=start, last=last, epochs=epochs, out=out, seconds=time.perf_counter() - t_run,
+            untrained=lambda: test_metrics(trees))
+    return records
+
+
+def _check_run_args(model, train, test, *, epochs, batch_size, eval_batch_size, log_every,
+                    data_parallel):
+    """Validate :func:`run`'s arguments; return ``(x_train, y_train, (x_test, y_test), steps)``."""
     if not isinstance(model, Layer):
         raise ConfigError(f"run: model must be a fundl Layer; got {type(model).__name__}")
     x_train, y_train = _check_arrays("train", train)
-    x_test, y_test = _check_arrays("test", test)
+    test = _check_arrays("test", test)
     for arg, value, lo in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
                            ("eval_batch_size", eval_batch_size, 1), ("log_every", log_every, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
@@ -428,19 +461,17 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
     if data_parallel and batch_size % jax.device_count():
         raise ConfigError(f"run: with data_parallel, batch_size must be divisible by the "
                           f"{jax.device_count()} devices; got batch_size={batch_size}")
-    primary = jax.process_index() == 0  # the one process that writes logs and plots
-    transform = transform or (lambda a: np.asarray(a, np.float32))
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, dict(config or {}), resume, write=primary)
-    if data_parallel:
-        print(f"data parallel: {jax.device_count()} devices ({jax.local_device_count()} local, "
-              f"{jax.process_count()} process(es)), {batch_size // jax.device_count()} examples "
-              f"per device", flush=True)
+    return x_train, y_train, test, steps
 
-    t_run = time.perf_counter()
-    root = jax.random.key(seed)
-    input_shape = (batch_size, *x_train.shape[1:])
+
+def _init_or_restore(model, optimizer, root, input_shape, out: pathlib.Path, *, resume: bool,
+                     primary: bool):
+    """Fresh ``(params, state, opt_state)`` from ``root``, or the latest checkpoint's on ``resume``.
+
+    Returns:
+      ``(trees, manager, start, records)``: the trees, the open checkpoint manager,
+      the number of epochs already done and their ``metrics.jsonl`` records.
+    """
     # One compiled init instead of one small compilation per layer.
     _, params, state = jax.jit(model.init_with_state, static_argnums=1)(root, input_shape)
     opt_state = jax.jit(optimizer.init)(params)
@@ -458,89 +489,120 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
                           "continue that run, or choose another --out")
     if primary:
         _write_metrics(out / "metrics.jsonl", records)
+    return (params, state, opt_state), manager, start, records
 
-    step_fn = make_train_step(model, optimizer, parallel="sharded" if data_parallel else None)
-    eval_step = make_eval_step(model)
-    augment_fn = jax.jit(augment) if augment is not None else None
-    # Data parallel: each process reads its own rows of every global batch. Otherwise
-    # every process (if several) trains on whole batches by itself.
+
+def _train_step_with_augment(step_fn, augment, data_parallel):
+    """``step_fn`` preceded by ``augment`` on the device, with this process's copy of the metrics.
+
+    Step ``i``'s key ``k`` feeds dropout; the augmentation gets ``fold_in(k, 1)``.
+    """
+    augment_fn = _device_augment(step_fn, augment, data_parallel)
+
+    def step(params, state, opt_state, batch, key):
+        x, y = batch
+        if augment_fn is not None:
+            x = augment_fn(jax.random.fold_in(key, 1), x)
+        params, state, opt_state, metrics = step_fn(params, state, opt_state, (x, y), key)
+        return params, state, opt_state, _local(metrics)  # of the (replicated) global metrics
+
+    return step
+
+
+def _device_augment(step_fn, augment, data_parallel):
+    """``augment`` compiled, as ``(key, x) -> x``; ``None`` without augmentation."""
+    if augment is None:
+        return None
+    if not (data_parallel and jax.process_count() > 1):
+        return jax.jit(augment)
+    # Several processes: the key must be a global (replicated) array too.
+    replicated = step_fn.replicated
+    aug = jax.jit(lambda kd, x: augment(jax.random.wrap_key_data(kd), x))
+
+    def augment_fn(key, x):
+        kd = np.asarray(jax.random.key_data(key))
+        return aug(jax.make_array_from_callback(kd.shape, replicated, lambda i: kd[i]), x)
+
+    return augment_fn
+
+
+def _data_pipeline(step_fn, x, y, *, batch_size, seed, transform, data_parallel):
+    """``epoch -> iterator`` of the epoch's device batches ``(x, y)``, prepared a batch ahead.
+
+    Epoch ``e`` visits ``fundl.data.batches(x, y, batch_size, seed=seed, epoch=e,
+    drop_remainder=True)``; ``transform`` and the host-to-device copy run in a
+    background thread. Data parallel: each process reads its own rows of every
+    global batch (assembled into global arrays with several processes).
+    Otherwise every process (if several) trains on whole batches by itself.
+    """
     procs = (dict(process_index=jax.process_index(), process_count=jax.process_count())
              if data_parallel else {})
     if data_parallel and jax.process_count() > 1:
         # Global arrays built from this process's rows; device_put to the same sharding is a no-op.
-        batch_sharding = step_fn.batch_sharding
-        put = _process_local_to_global(batch_sharding, transform)
-        if augment is not None:  # the key must be a global (replicated) array too
-            replicated = step_fn.replicated
-
-            def augment_fn(key, x, _aug=jax.jit(lambda kd, x: augment(
-                    jax.random.wrap_key_data(kd), x))):
-                kd = np.asarray(jax.random.key_data(key))
-                return _aug(jax.make_array_from_callback(kd.shape, replicated, lambda i: kd[i]), x)
+        sharding = step_fn.batch_sharding
+        put = _process_local_to_global(sharding, transform)
     else:
-        batch_sharding = step_fn.batch_sharding if data_parallel else None
+        sharding = step_fn.batch_sharding if data_parallel else None
         put = lambda b: (transform(b[0]), b[1])  # noqa: E731
-    last = epochs if stop_after is None else min(epochs, stop_after)
-    for epoch in range(start, last):
-        t0 = time.perf_counter()
-        epoch_key = jax.random.fold_in(root, epoch)
-        # Per-step metrics stay on the device and are averaged once (every batch has the
-        # same size): no extra dispatches per step.
-        losses, accs, seen, shown = [], [], 0, 0.0
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
-                   disable=not progress, dynamic_ncols=True)
-        t_log = time.perf_counter()
-        # transform and host-to-device copy run in a background thread, a batch ahead.
-        it = prefetch_to_device(batches(x_train, y_train, batch_size, seed=seed, epoch=epoch,
-                                        drop_remainder=True, **procs),
-                                sharding=batch_sharding, transform=put)
-        for i, (xb, yb) in enumerate(it):
-            key = jax.random.fold_in(epoch_key, i)
-            if augment_fn is not None:
-                xb = augment_fn(jax.random.fold_in(key, 1), xb)
-            params, state, opt_state, m = step_fn(params, state, opt_state, (xb, yb), key)
-            m = _local(m)  # this process's copy of the (replicated) global metrics
-            losses.append(m["loss"])
-            accs.append(m["accuracy"])
-            seen += batch_size
-            if progress and ((i + 1) % log_every == 0 or i + 1 == steps):
-                now = time.perf_counter()
-                shown = float(jnp.mean(jnp.stack(losses)))  # the only host sync in the loop
-                bar.set_postfix(loss=f"{shown:.4f}", ex_s=f"{log_every * batch_size / (now - t_log):.0f}",
-                                refresh=False)
-                bar.update(i + 1 - bar.n)
-                t_log = now
-        bar.close()
-        train_loss, train_acc = (float(jnp.mean(jnp.stack(a))) for a in (losses, accs))  # waits for the last step
-        train_seconds = time.perf_counter() - t0
-        test_loss, test_acc = _evaluate(eval_step, *_local((params, state)), x_test, y_test,
-                                        transform, eval_batch_size)
-        record = {"epoch": epoch + 1, "train_loss": train_loss,
-                  "train_accuracy": train_acc, "test_loss": test_loss,
-                  "test_accuracy": test_acc, "epoch_seconds": time.perf_counter() - t0,
-                  "examples_per_second": seen / train_seconds}
-        if learning_rate is not None:
-            record["lr"] = float(learning_rate((epoch + 1) * steps - 1) if callable(learning_rate)
-                                 else learning_rate)
-        _save(manager, epoch + 1, {"params": params, "state": state, "opt_state": opt_state})
-        records.append(record)
-        if primary:
-            _write_metrics(out / "metrics.jsonl", records)
-            plot_curves(records, out / "curves.png", title=title)
-        print(f"epoch {epoch + 1}/{epochs}  train_loss={record['train_loss']:.4f}  "
-              f"test_loss={test_loss:.4f}  test_accuracy={test_acc:.4f}  "
-              f"{record['epoch_seconds']:.1f}s  {record['examples_per_second']:.0f} ex/s", flush=True)
-    manager.wait_until_finished()
-    manager.close()
-    print(f"done: epochs {start + 1}..{last} in {time.perf_counter() - t_run:.1f}s; wrote {out}/"
+
+    def epoch_batches(epoch):
+        return prefetch_to_device(batches(x, y, batch_size, seed=seed, epoch=epoch,
+                                          drop_remainder=True, **procs),
+                                  sharding=sharding, transform=put)
+
+    return epoch_batches
+
+
+def _train_epoch(step, trees, epoch_batches, epoch, *, root, steps, epochs, progress, log_every,
+                 test_metrics, learning_rate):
+    """Train epoch ``epoch`` (0-based) through the shared loop, then evaluate.
+
+    Step ``i`` gets the key ``fold_in(fold_in(root, epoch), i)``; the record's
+    train metrics are means over the epoch's examples (every batch is full).
+
+    Returns:
+      ``(trees, record)``: the trees after the epoch and its ``metrics.jsonl`` record.
+    """
+    t0 = time.perf_counter()
+    epoch_key = jax.random.fold_in(root, epoch)
+    result = _loop.run_epoch(step, trees, epoch_batches(epoch),
+                             key_for_step=lambda i: jax.random.fold_in(epoch_key, i), steps=steps,
+                             progress=progress, desc=f"epoch {epoch + 1}/{epochs}",
+                             log_every=log_every)
+    train_seconds = time.perf_counter() - t0
+    ev = test_metrics(result.trees)
+    record = {"epoch": epoch + 1, "train_loss": result.metrics["loss"],
+              "train_accuracy": result.metrics["accuracy"], "test_loss": ev["loss"],
+              "test_accuracy": ev["accuracy"], "epoch_seconds": time.perf_counter() - t0,
+              "examples_per_second": result.examples / train_seconds}
+    if learning_rate is not None:
+        record["lr"] = float(learning_rate((epoch + 1) * steps - 1) if callable(learning_rate)
+                             else learning_rate)
+    return result.trees, record
+
+
+def _write_epoch(out: pathlib.Path, records: list[dict], *, title: str, primary: bool,
+                 epochs: int) -> None:
+    """After an epoch: ``metrics.jsonl`` and ``curves.png`` (primary process only), one printed line."""
+    r = records[-1]
+    if primary:
+        _write_metrics(out / "metrics.jsonl", records)
+        plot_curves(records, out / "curves.png", title=title)
+    print(f"epoch {r['epoch']}/{epochs}  train_loss={r['train_loss']:.4f}  "
+          f"test_loss={r['test_loss']:.4f}  test_accuracy={r['test_accuracy']:.4f}  "
+          f"{r['epoch_seconds']:.1f}s  {r['examples_per_second']:.0f} ex/s", flush=True)
+
+
+def _report(records, *, start, last, epochs, out, seconds, untrained) -> None:
+    """The closing lines: ``done: ...``, then ``test_accuracy=0.xxxx`` (the last line).
+
+    ``untrained() -> {'accuracy': ...}`` evaluates the model when no epoch was
+    ever trained (``epochs=0``).
+    """
+    print(f"done: epochs {start + 1}..{last} in {seconds:.1f}s; wrote {out}/"
           if last > start else f"done: nothing to train (epoch {start} of {epochs}); {out}/", flush=True)
-    if records:
-        test_acc = records[-1]["test_accuracy"]
-    else:  # epochs=0: report the untrained model
-        test_acc = _evaluate(eval_step, *_local((params, state)), x_test, y_test, transform,
-                             eval_batch_size)[1]
+    test_acc = records[-1]["test_accuracy"] if records else untrained()["accuracy"]
     print(f"test_accuracy={test_acc:.4f}", flush=True)
-    return records
 
 
 def _local(tree):

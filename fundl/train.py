@@ -89,6 +89,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import _loop
 from . import functional as F
 from ._errors import ConfigError, ShapeError
 from ._layer import Layer
@@ -300,7 +301,7 @@ def _check_batch_size(batch_size, where):
 
 
 def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
-             loss_fn: Callable = F.cross_entropy) -> dict:
+             loss_fn: Callable = F.cross_entropy, transform: Callable | None = None) -> dict:
     """Average loss (and accuracy) of ``model`` over a whole dataset, in inference mode.
 
     Exact over a last batch smaller than ``batch_size`` (sums, not means of means).
@@ -312,6 +313,9 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
       data: ``(x, y)`` arrays, ``x: [N, ...]``, ``y: [N]``.
       batch_size: examples per compiled call (a smaller last batch compiles once more).
       loss_fn: ``loss_fn(logits, y) -> scalar`` averaged over the batch.
+      transform: host-side ``x_batch -> x_batch`` applied to every batch of ``x``
+        before the compiled call (e.g. ``uint8`` images to standardised float32,
+        a :func:`fundl.data.standardizer`); ``None`` passes batches as they are.
 
     Returns:
       ``{'loss': float, 'accuracy': float}``; no ``'accuracy'`` unless ``y`` holds
@@ -320,7 +324,8 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
     x, y = _check_data(data, "evaluate", "data")
     _check_batch_size(batch_size, "evaluate")
     eval_step = _cached_eval_step(model, loss_fn)
-    parts = [eval_step(params, state, (x[i:i + batch_size], y[i:i + batch_size]))
+    transform = transform or (lambda a: a)
+    parts = [eval_step(params, state, (transform(x[i:i + batch_size]), y[i:i + batch_size]))
              for i in range(0, len(x), batch_size)]
     parts = jax.device_get(parts)  # one host sync for the whole pass
     count = sum(int(p["count"]) for p in parts)
@@ -340,7 +345,8 @@ class FitResult(NamedTuple):
       state: the final state (batch-norm statistics; ``{}`` if none).
       opt_state: the final optimizer state, to resume training.
       history: one dict per epoch: ``epoch`` (1-based), ``train_loss``,
-        ``train_accuracy`` (means over the epoch's steps, in training mode),
+        ``train_accuracy`` (means over the epoch's examples, in training mode:
+        each step's batch mean weighted by its batch size),
         ``test_loss``, ``test_accuracy`` (on ``eval_data``; ``None`` without it)
         and ``seconds`` (wall time of the epoch, evaluation included).
     """
@@ -359,9 +365,11 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
     """Train on in-memory NumPy arrays: a minimal loop around :func:`make_train_step`.
 
     Every epoch reshuffles the examples (a permutation drawn from ``key``), runs
-    the compiled step over the batches, then evaluates on ``eval_data``. Metrics
-    stay on the device and are read once every ``log_every`` steps, so the host
-    does not wait for the device at every step.
+    the compiled step over the batches (the epoch loop shared with
+    :func:`fundl.experiment.run`), then evaluates on ``eval_data`` with
+    :func:`evaluate`. Metrics are summed on the device and read once every
+    ``log_every`` steps and at the end of the epoch, so the host does not wait
+    for the device at every step.
 
     Args:
       model: the model.
@@ -388,9 +396,41 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
     Returns:
       A :class:`FitResult` ``(params, state, opt_state, history)``.
     """
-    from tqdm.auto import tqdm  # imported here: only the loop needs it
+    from tqdm.auto import tqdm  # imported here: only the epoch lines need it
 
     _check_model(model, "fit")
+    x, y, steps = _check_fit_args(train_data, eval_data, epochs=epochs, batch_size=batch_size,
+                                  log_every=log_every, drop_last=drop_last)
+    key = _as_key(key)
+    # Shuffling runs on the host (seeded from the key): a device permutation would
+    # cost a compilation and a sync per epoch for nothing the step needs.
+    shuffler = np.random.default_rng([*np.asarray(jax.random.key_data(key)).ravel().tolist(), 1])
+    # The step donates its inputs: copy once so the caller's arrays survive fit().
+    # One compiled call, not one compilation per leaf shape as eager ops would cost.
+    trees = jax.jit(functools.partial(_copy_and_init, optimizer))(params, state, opt_state)
+    step = make_train_step(model, optimizer, loss_fn=loss_fn)
+    history = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        order = shuffler.permutation(len(x)) if shuffle else np.arange(len(x))
+        result = _loop.run_epoch(
+            step, trees, _slices(x, y, order, batch_size, steps),
+            # Step i of epoch e gets fold_in(key, (e - 1) * steps + i): unique over the run.
+            key_for_step=lambda i, base=(epoch - 1) * steps: jax.random.fold_in(key, base + i),
+            steps=steps, progress=progress, desc=f"epoch {epoch}/{epochs}", log_every=log_every)
+        trees = result.trees
+        record = _fit_record(epoch, result.metrics, model, trees, eval_data, loss_fn)
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+        if progress:
+            tqdm.write(_epoch_line(record, epochs))
+        if callback is not None and callback(record, *trees) is True:
+            break
+    return FitResult(*trees, history)
+
+
+def _check_fit_args(train_data, eval_data, *, epochs, batch_size, log_every, drop_last):
+    """Validate :func:`fit`'s data and counts; return ``(x, y, steps per epoch)``, ``x, y`` NumPy."""
     x, y = (np.asarray(a) for a in _check_data(train_data, "fit", "train_data"))
     if eval_data is not None:
         _check_data(eval_data, "fit", "eval_data")
@@ -404,56 +444,26 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
     if steps == 0:
         raise ConfigError(f"fit: drop_last=True with batch_size={batch_size} > {n} examples "
                           "leaves no batch to train on")
-    key = _as_key(key)
-    # Shuffling runs on the host (seeded from the key): a device permutation would
-    # cost a compilation and a sync per epoch for nothing the step needs.
-    shuffler = np.random.default_rng([*np.asarray(jax.random.key_data(key)).ravel().tolist(), 1])
-    # The step donates its inputs: copy once so the caller's arrays survive fit().
-    # One compiled call, not one compilation per leaf shape as eager ops would cost.
-    params, state, opt_state = jax.jit(functools.partial(_copy_and_init, optimizer))(
-        params, state, opt_state)
-    step = make_train_step(model, optimizer, loss_fn=loss_fn)
+    return x, y, steps
 
-    history = []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        order = shuffler.permutation(n) if shuffle else np.arange(n)
-        sums = {}  # metric -> sum over examples seen, in float64 on the host
-        seen, pending = 0, []  # pending: (batch size, device metrics) not yet read
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False,
-                   disable=not progress, dynamic_ncols=True)
-        t_log, seen_log = time.perf_counter(), 0
-        for i in range(steps):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            # fold_in: one key per step from one small compiled function, whatever the step.
-            k = jax.random.fold_in(key, (epoch - 1) * steps + i)
-            params, state, opt_state, m = step(params, state, opt_state, (x[idx], y[idx]), k)
-            pending.append((len(idx), m))
-            if len(pending) == log_every or i == steps - 1:
-                _drain(pending, sums)  # the only host sync in the loop
-                seen += sum(b for b, _ in pending)
-                pending = []
-                if progress:
-                    now = time.perf_counter()
-                    bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}",  # running epoch mean
-                                    ex_s=f"{(seen - seen_log) / max(now - t_log, 1e-9):.0f}",
-                                    refresh=False)
-                    bar.update(i + 1 - bar.n)
-                    t_log, seen_log = now, seen
-        bar.close()
-        record = {"epoch": epoch, "train_loss": sums["loss"] / seen,
-                  "train_accuracy": sums["accuracy"] / seen if "accuracy" in sums else None,
-                  "test_loss": None, "test_accuracy": None}
-        if eval_data is not None:
-            ev = evaluate(model, params, state, eval_data, loss_fn=loss_fn)
-            record["test_loss"], record["test_accuracy"] = ev["loss"], ev.get("accuracy")
-        record["seconds"] = time.perf_counter() - t0
-        history.append(record)
-        if progress:
-            tqdm.write(_epoch_line(record, epochs))
-        if callback is not None and callback(record, params, state, opt_state) is True:
-            break
-    return FitResult(params, state, opt_state, history)
+
+def _slices(x, y, order, batch_size, steps):
+    """The epoch's ``steps`` host batches ``(x[idx], y[idx])``, ``idx`` consecutive runs of ``order``."""
+    for i in range(steps):
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        yield x[idx], y[idx]
+
+
+def _fit_record(epoch, train_metrics, model, trees, eval_data, loss_fn) -> dict:
+    """One :attr:`FitResult.history` entry (without ``seconds``): train means, then evaluation."""
+    record = {"epoch": epoch, "train_loss": train_metrics["loss"],
+              "train_accuracy": train_metrics.get("accuracy"),
+              "test_loss": None, "test_accuracy": None}
+    if eval_data is not None:
+        params, state, _ = trees
+        ev = evaluate(model, params, state, eval_data, loss_fn=loss_fn)
+        record["test_loss"], record["test_accuracy"] = ev["loss"], ev.get("accuracy")
+    return record
 
 
 def _as_key(key):
@@ -475,14 +485,6 @@ def _copy_and_init(optimizer, params, state, opt_state):
     if opt_state is None:
         opt_state = optimizer.init(params)
     return jax.tree_util.tree_map(jnp.copy, (params, state, opt_state))
-
-
-def _drain(pending, sums) -> None:
-    """Add the pending batch-mean metrics, weighted by batch size, to ``sums``."""
-    values = jax.device_get([m for _, m in pending])
-    for (b, _), m in zip(pending, values):
-        for name, v in m.items():
-            sums[name] = sums.get(name, 0.0) + float(v) * b
 
 
 def _epoch_line(r, epochs) -> str:
