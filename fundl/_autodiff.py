@@ -152,13 +152,13 @@ def jacobians(layer: Layer, params, x, *, state=None, train: bool = False, key=N
     if mode not in ("auto", "fwd", "rev"):
         raise ConfigError(f"{where}: mode must be 'auto', 'fwd' or 'rev'; got {mode!r}")
     if layer.stateful and state is None:
-        raise ConfigError(f"{where}: {layer.kind} '{layer.name}' holds batch-norm statistics; pass "
+        raise ConfigError(f"{where}: {layer.label()} holds batch-norm statistics; pass "
                           "state=... (the state returned by init); the Jacobian is taken at it")
     if not layer.stateful and state not in (None, {}):
-        raise ConfigError(f"{where}: state was given but {layer.kind} '{layer.name}' is stateless")
+        raise ConfigError(f"{where}: state was given but {layer.label()} is stateless")
     if per_example and layer.stateful and train:
-        raise ConfigError(f"{where}: per_example=True with train=True on stateful {layer.kind} "
-                          f"'{layer.name}': batch statistics couple the examples; use train=False "
+        raise ConfigError(f"{where}: per_example=True with train=True on stateful "
+                          f"{layer.label()}: batch statistics couple the examples; use train=False "
                           "or the full Jacobian (per_example=False)")
     st = {} if state is None else state
 

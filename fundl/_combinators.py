@@ -1,37 +1,48 @@
 """Combinators: build any DAG of layers from smaller layers.
 
-* :func:`Serial` — a chain; :func:`Parallel` — fan-out to branches, fan-in by
-  sum or concatenation; :func:`Residual` — ``body(x) + shortcut(x)``;
-* :func:`Graph` — a general DAG of named nodes with several inputs and outputs,
+* :class:`Serial` — a chain; :class:`Parallel` — fan-out to branches, fan-in by
+  sum or concatenation; :class:`Residual` — ``body(x) + shortcut(x)``;
+* :class:`Graph` — a general DAG of named nodes with several inputs and outputs,
   where a node may reuse another node's parameters (weight sharing; gradients
   accumulate over every use because the same arrays feed every use);
-* :func:`Sum`, :func:`Concat` — fan-in layers on a tuple of inputs.
+* :class:`Sum`, :class:`Concat`, :class:`Multiply` — fan-in layers on a tuple of inputs.
 
-Parameters of a combinator are a dict keyed by child name; children without
-parameters contribute no key. Data layout: channels last.
+Each is a layer type whose fields hold its children; parameters of a
+combinator are a dict keyed by child name; children without parameters
+contribute no key. Data layout: channels last.
 """
 from __future__ import annotations
 
-import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from . import _scan
+from . import _context, _scan
 from ._errors import ConfigError, ShapeError
-from ._layer import (Layer, _default_name, child_entry, is_shape, label, layer, put, shared_use,
-                     split_key, unique_children)
+from ._layer import Layer, child_entry, is_shape, put, split_key, unique_children
 
 
-def _combinator(kind, name, children, init_fn, apply_fn, config=None) -> Layer:
-    stateful = any(c.stateful for _, c in children)
-    return Layer(_default_name(kind, name), kind, init_fn, apply_fn, stateful, tuple(children),
-                 types.MappingProxyType(dict(config or {})))
+def _init_children(children, key, shape_of):
+    """Init ``children`` (each on ``shape_of(i, child)``); ``(shapes, params, state)``."""
+    params, state, shapes = {}, {}, []
+    for i, (child, k) in enumerate(zip(children, split_key(key, len(children)))):
+        s_out, p, s = child.init_with_state(k, shape_of(i, child))
+        shapes.append(s_out)
+        put(params, child.name, p)
+        put(state, child.name, s)
+    return shapes, params, state
 
 
-def Serial(*layers: Layer, scan: bool | int = False, name: str | None = None) -> Layer:
+def _apply_child(owner, child, params, state, x, key, train):
+    return child.apply_with_state(child_entry(params, child.name, owner),
+                                  child_entry(state, child.name, owner, "state"),
+                                  x, key=key, train=train)
+
+
+class Serial(Layer):
     """Apply layers one after the other: ``y = f_n(...f_2(f_1(x)))``.
 
     Children with the same name are renamed ``conv1, conv2, ...``; the
@@ -39,15 +50,16 @@ def Serial(*layers: Layer, scan: bool | int = False, name: str | None = None) ->
 
     Args:
       *layers: the layers, in order.
-      scan: run each stretch of consecutive copies of one layer (same
-        constructor and arguments, parameters of equal shapes, output shape
-        = input shape; e.g. the repeated blocks of a ResNet stage) as one
-        ``lax.scan``, so XLA compiles the repeated layer once. ``True``
-        scans stretches of at least 8 copies (shorter ones compiled faster
-        unrolled on CPU, see BENCHMARKS.md), an int ``k >= 2`` stretches of
-        at least ``k``, ``False`` none. The parameter and state trees are the
-        same as without ``scan``, and so are the results up to float
-        rounding. Children that differ run as usual.
+      scan: run each stretch of consecutive equal layers (equal fields but
+        for the name, so the same computation; parameters of equal shapes,
+        output shape = input shape; e.g. the repeated blocks of a ResNet
+        stage) as one ``lax.scan``, so XLA compiles the repeated layer once.
+        ``True`` scans stretches of at least 8 copies (shorter ones compiled
+        faster unrolled on CPU, see BENCHMARKS.md), an int ``k >= 2``
+        stretches of at least ``k``, ``False`` none. The parameter and state
+        trees are the same as without ``scan``, and so are the results up to
+        float rounding. Children that differ run as usual. Under a per-path
+        ``train`` mapping the chain runs unrolled.
       name: the key of this chain's parameters in a parent (default ``'serial'``).
 
     Example:
@@ -57,79 +69,85 @@ def Serial(*layers: Layer, scan: bool | int = False, name: str | None = None) ->
       >>> out_shape, sorted(params)
       ((8, 2), ['dense1', 'dense2'])
     """
-    if not layers:
-        raise ConfigError("Serial: needs at least one layer; got none")
-    min_run = _scan.min_run(scan, "Serial")
-    children = unique_children(layers, "Serial")
-    sigs = [_scan.signature(c) for _, c in children] if min_run else None
 
-    def init_fn(key, shape):
+    layers: tuple = ()
+    _: KW_ONLY
+    scan: bool | int = False
+
+    def __init__(self, *layers: Layer, scan: bool | int = False, name: str | None = None):
+        self._set(layers=layers, scan=scan, name=name)
+        self.__post_init__()
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.layers:
+            raise ConfigError(f"{self.where()}: needs at least one layer; got none")
+        _scan.min_run(self.scan, self.where())
+        self._set(layers=unique_children(tuple(self.layers), self.where()))
+
+    def build_with_state(self, key, input_shape):
+        shape = input_shape
         params, state = {}, {}
-        for (n, child), k in zip(children, split_key(key, len(children))):
+        for child, k in zip(self.layers, split_key(key, len(self.layers))):
             shape, p, s = child.init_with_state(k, shape)
-            put(params, n, p)
-            put(state, n, s)
+            put(params, child.name, p)
+            put(state, child.name, s)
         return shape, params, state
 
-    def apply_fn(params, state, x, *, key, train):
-        new_state, keys, i = {}, split_key(key, len(children)), 0
-        while i < len(children):
-            stop = _scan.stretch(children, sigs, params, state, i) if min_run else i + 1
+    def forward_with_state(self, params, state, x, *, key, train):
+        kids, keys = self.layers, split_key(key, len(self.layers))
+        min_run = _scan.min_run(self.scan, self.where())
+        if _context.current().modes is not None:
+            min_run = 0  # per-path modes may differ between copies: run them one by one
+        new_state, i = {}, 0
+        while i < len(kids):
+            stop = _scan.stretch(kids, params, state, i) if min_run else i + 1
             done = (min_run and stop - i >= min_run
-                    and _scan.apply_run(children[i:stop], params, state, x, keys[i:stop],
-                                        train=train, owner="Serial"))
+                    and _scan.apply_run(kids[i:stop], params, state, x, keys[i:stop],
+                                        train=train, owner=self))
             if done:
                 x, states = done
                 new_state.update(states)
                 i = stop
                 continue
-            n, child = children[i]
-            x, s = child.apply_with_state(child_entry(params, n, "Serial"),
-                                          child_entry(state, n, "Serial", "state"),
-                                          x, key=keys[i], train=train)
-            put(new_state, n, s)
+            x, s = _apply_child(self, kids[i], params, state, x, keys[i], train)
+            put(new_state, kids[i].name, s)
             i += 1
         return x, new_state
 
-    return _combinator("Serial", name, children, init_fn, apply_fn,
-                       {"scan": scan} if min_run else None)
 
-
-def _merge_shapes(mode, shapes, who):
-    """Output shape of fan-in ``mode`` ('sum' | 'concat' | None), or a clear error."""
+def _merge_shapes(mode, shapes, who: Layer, what: str = "input"):
+    """Output shape of fan-in ``mode`` ('sum' | 'concat' | 'multiply' | None), or a clear error
+    (``what``: 'input' for fan-in layers, 'branch' for Parallel)."""
     if mode is None:
         return tuple(shapes)
     first = shapes[0]
-    if mode == "sum":
+    if mode in ("sum", "multiply"):
         for i, s in enumerate(shapes):
             if s != first:
-                raise ShapeError(f"{label(who)}: merge='sum' needs equal branch shapes; branch 0 gives "
-                                 f"{first} but branch {i} gives {s}")
+                raise ShapeError(f"{who.label()}: merge={mode!r} needs equal {what} shapes; "
+                                 f"{what} 0 gives {first} but {what} {i} gives {s}")
         return first
     for i, s in enumerate(shapes):
         if len(s) != len(first) or s[:-1] != first[:-1]:
-            raise ShapeError(f"{label(who)}: merge='concat' joins channels (last axis) and needs equal "
-                             f"leading dims; branch 0 gives {first} but branch {i} gives {s}")
+            raise ShapeError(f"{who.label()}: merge='concat' joins channels (last axis) and "
+                             f"needs equal leading dims; {what} 0 gives {first} but {what} {i} "
+                             f"gives {s}")
     return first[:-1] + (sum(s[-1] for s in shapes),)
 
 
 def _merge(mode, ys):
     if mode is None:
         return tuple(ys)
-    if mode == "sum":
-        out = ys[0]
-        for y in ys[1:]:
-            out = out + y
-        return out
-    return jnp.concatenate(ys, axis=-1)
+    if mode == "concat":
+        return jnp.concatenate(ys, axis=-1)
+    out = ys[0]
+    for y in ys[1:]:
+        out = out + y if mode == "sum" else out * y
+    return out
 
 
-def _check_merge(mode, kind):
-    if mode not in ("sum", "concat", None):
-        raise ConfigError(f"{kind}: merge must be 'sum', 'concat' or None; got {mode!r}")
-
-
-def Parallel(*branches: Layer, merge: str | None = "concat", name: str | None = None) -> Layer:
+class Parallel(Layer):
     """Fan the same input out to several branches and merge their outputs.
 
     Args:
@@ -139,131 +157,189 @@ def Parallel(*branches: Layer, merge: str | None = "concat", name: str | None = 
       name: parameter key (default ``'parallel'``).
 
     Shapes: ``x: [N, ..., C]`` → ``[N, ..., sum(C_i)]`` for concat.
+
+    Example:
+      >>> import fundl.layers as L
+      >>> net = Parallel(L.Dense(2), L.Dense(3))
+      >>> net.init(jax.random.key(0), (4, 5))[0]
+      (4, 5)
     """
-    if not branches:
-        raise ConfigError("Parallel: needs at least one branch; got none")
-    _check_merge(merge, "Parallel")
-    children = unique_children(branches, "Parallel")
 
-    def init_fn(key, shape):
-        params, state, shapes = {}, {}, []
-        for (n, child), k in zip(children, split_key(key, len(children))):
-            s_out, p, s = child.init_with_state(k, shape)
-            shapes.append(s_out)
-            put(params, n, p)
-            put(state, n, s)
-        return _merge_shapes(merge, shapes, "Parallel"), params, state
+    branches: tuple = ()
+    _: KW_ONLY
+    merge: str | None = "concat"
 
-    def apply_fn(params, state, x, *, key, train):
+    def __init__(self, *branches: Layer, merge: str | None = "concat", name: str | None = None):
+        self._set(branches=branches, merge=merge, name=name)
+        self.__post_init__()
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.branches:
+            raise ConfigError(f"{self.where()}: needs at least one branch; got none")
+        if self.merge not in ("sum", "concat", None):
+            raise ConfigError(f"{self.where()}: merge must be 'sum', 'concat' or None; got "
+                              f"merge={self.merge!r}")
+        self._set(branches=unique_children(tuple(self.branches), self.where()))
+
+    def build_with_state(self, key, input_shape):
+        shapes, params, state = _init_children(self.branches, key, lambda i, c: input_shape)
+        return _merge_shapes(self.merge, shapes, self, "branch"), params, state
+
+    def forward_with_state(self, params, state, x, *, key, train):
         ys, new_state = [], {}
-        for (n, child), k in zip(children, split_key(key, len(children))):
-            y, s = child.apply_with_state(child_entry(params, n, "Parallel"),
-                                          child_entry(state, n, "Parallel", "state"),
-                                          x, key=k, train=train)
+        for child, k in zip(self.branches, split_key(key, len(self.branches))):
+            y, s = _apply_child(self, child, params, state, x, k, train)
             ys.append(y)
-            put(new_state, n, s)
-        return _merge(merge, ys), new_state
-
-    return _combinator("Parallel", name, children, init_fn, apply_fn, {"merge": merge})
+            put(new_state, child.name, s)
+        return _merge(self.merge, ys), new_state
 
 
-def Residual(body: Layer, shortcut: Layer | None = None, *, projection: str = "always",
-             activation=None, name: str | None = None) -> Layer:
+class Residual(Layer):
     """``y = activation(body(x) + shortcut(x))``: a residual connection.
 
     Args:
-      body: the residual branch.
+      body: the residual branch (its parameters live under ``'body'``).
       shortcut: ``None`` for the identity, or a layer (e.g. a strided 1x1 conv
-        with batch norm: a projection shortcut).
+        with batch norm: a projection shortcut; under ``'shortcut'``).
       projection: ``'always'`` uses ``shortcut`` whenever given; ``'auto'`` uses it
         only when ``body`` changes the shape (as in ResNet: a projection when the
         stride or the channel count changes, the identity otherwise). With
         ``'auto'`` the shortcut's parameters exist only if it is used.
-      activation: optional function applied after the sum (``jax.nn.relu`` in ResNet).
-      name: parameter key (default ``'residual'``); the children are ``body`` and ``shortcut``.
+      activation: optional function applied after the sum (``jax.nn.relu`` in
+        ResNet); compared by identity.
+      name: parameter key (default ``'residual'``).
 
     Shapes: ``x: [N, *spatial, C]`` → ``body``'s output shape, which must equal the
     shortcut's output shape.
-    """
-    if projection not in ("always", "auto"):
-        raise ConfigError(f"Residual: projection must be 'always' or 'auto'; got {projection!r}")
-    if projection == "auto" and shortcut is None:
-        raise ConfigError("Residual: projection='auto' needs a shortcut layer to use when shapes change")
-    children = (("body", body.rename("body")),)
-    if shortcut is not None:
-        children += (("shortcut", shortcut.rename("shortcut")),)
-    body, short = children[0][1], (children[1][1] if shortcut is not None else None)
 
-    def init_fn(key, shape):
+    Example:
+      >>> import fundl.layers as L
+      >>> block = Residual(L.Serial(L.Dense(8), L.Tanh(), L.Dense(8)))
+      >>> sorted(block.init(jax.random.key(0), (2, 8))[1])
+      ['body']
+    """
+
+    body: Layer
+    shortcut: Layer | None = None
+    _: KW_ONLY
+    projection: str = "always"
+    activation: Callable | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        where = self.where()
+        if not isinstance(self.body, Layer):
+            raise ConfigError(f"{where}: body must be a fundl Layer; got {self.body!r}")
+        if self.shortcut is not None and not isinstance(self.shortcut, Layer):
+            raise ConfigError(f"{where}: shortcut must be a fundl Layer or None; got "
+                              f"{self.shortcut!r}")
+        if self.projection not in ("always", "auto"):
+            raise ConfigError(f"{where}: projection must be 'always' or 'auto'; got "
+                              f"projection={self.projection!r}")
+        if self.projection == "auto" and self.shortcut is None:
+            raise ConfigError(f"{where}: projection='auto' needs a shortcut layer to use when "
+                              "shapes change")
+        if self.activation is not None and not callable(self.activation):
+            raise ConfigError(f"{where}: activation must be a function such as jax.nn.relu, or "
+                              f"None; got {self.activation!r}")
+        if self.body.name != "body":
+            self._set(body=self.body.rename("body"))
+        if self.shortcut is not None and self.shortcut.name != "shortcut":
+            self._set(shortcut=self.shortcut.rename("shortcut"))
+
+    def _uses_shortcut(self, in_shape, out_shape) -> bool:
+        return self.shortcut is not None and (self.projection == "always"
+                                              or tuple(out_shape) != tuple(in_shape))
+
+    def build_with_state(self, key, input_shape):
         kb, ks = split_key(key, 2)
-        out, pb, sb = body.init_with_state(kb, shape)
+        out, pb, sb = self.body.init_with_state(kb, input_shape)
         params, state = {}, {}
         put(params, "body", pb)
         put(state, "body", sb)
-        use = short is not None and (projection == "always" or out != shape)
+        use = self._uses_shortcut(input_shape, out)
+        s_out = input_shape
         if use:
-            s_out, ps, ss = short.init_with_state(ks, shape)
+            s_out, ps, ss = self.shortcut.init_with_state(ks, input_shape)
             put(params, "shortcut", ps)
             put(state, "shortcut", ss)
-        else:
-            s_out = shape
         if s_out != out:
             hint = "" if use else " (identity shortcut: give a projection shortcut, e.g. a 1x1 Conv)"
-            raise ShapeError(f"{label('Residual')}: body output shape {out} != shortcut output "
+            raise ShapeError(f"{self.label()}: body output shape {out} != shortcut output "
                              f"shape {s_out}{hint}")
         return out, params, state
 
-    def apply_fn(params, state, x, *, key, train):
+    def forward_with_state(self, params, state, x, *, key, train):
         kb, ks = split_key(key, 2)
-        y, sb = body.apply_with_state(child_entry(params, "body", "Residual"),
-                                      child_entry(state, "body", "Residual", "state"),
-                                      x, key=kb, train=train)
+        y, sb = _apply_child(self, self.body, params, state, x, kb, train)
         new_state = {}
         put(new_state, "body", sb)
+        sc = x
         # Same static rule as init: the shapes decide whether the projection is used.
-        if short is not None and (projection == "always" or y.shape != x.shape):
-            sc, ss = short.apply_with_state(child_entry(params, "shortcut", "Residual"),
-                                            child_entry(state, "shortcut", "Residual", "state"),
-                                            x, key=ks, train=train)
+        if self._uses_shortcut(jnp.shape(x), jnp.shape(y)):
+            sc, ss = _apply_child(self, self.shortcut, params, state, x, ks, train)
             put(new_state, "shortcut", ss)
-        else:
-            sc = x
-        if y.shape != sc.shape:
-            raise ShapeError(f"{label('Residual')}: body output {y.shape} != shortcut output {sc.shape}; "
-                             "were these params made by init for this input shape?")
+        if jnp.shape(y) != jnp.shape(sc):
+            raise ShapeError(f"{self.label()}: body output {jnp.shape(y)} != shortcut output "
+                             f"{jnp.shape(sc)}; were these params made by init for this input "
+                             "shape?")
         y = y + sc
-        return (activation(y) if activation is not None else y), new_state
-
-    cfg = {"projection": projection}
-    if activation is not None:
-        cfg["activation"] = getattr(activation, "__name__", repr(activation))
-    return _combinator("Residual", name, children, init_fn, apply_fn, cfg)
+        return (self.activation(y) if self.activation is not None else y), new_state
 
 
-def Sum(*, name: str | None = None) -> Layer:
-    """Fan-in: the elementwise sum of a tuple of equally shaped inputs."""
+class _FanIn(Layer):
+    """A parameter-free layer on a tuple of equally shaped (or concatenable) inputs."""
 
-    def init(key, shapes):
-        if is_shape(shapes):
-            raise ShapeError(f"{label('Sum')}: expects a tuple of inputs; got one input of shape {shapes}")
-        return _merge_shapes("sum", list(shapes), "Sum"), {}
+    mode = "sum"
 
-    return layer("Sum", name, init, lambda p, xs, *, key, train: _merge("sum", list(xs)))
+    def build(self, key, input_shape):
+        if is_shape(input_shape):
+            raise ShapeError(f"{self.label()}: expects a tuple of inputs; got one input of "
+                             f"shape {input_shape}")
+        return _merge_shapes(self.mode, list(input_shape), self), {}
+
+    def forward(self, params, x, *, key, train):
+        if not isinstance(x, (tuple, list)):
+            raise ShapeError(f"{self.label()}: expects a tuple of inputs; got one "
+                             f"{type(x).__name__} of shape {jnp.shape(x)}")
+        _merge_shapes(self.mode, [tuple(jnp.shape(a)) for a in x], self)
+        return _merge(self.mode, list(x))
 
 
-def Concat(*, name: str | None = None) -> Layer:
-    """Fan-in: concatenate a tuple of inputs along the channel (last) axis."""
+class Sum(_FanIn):
+    """Fan-in: the elementwise sum of a tuple of equally shaped inputs.
 
-    def init(key, shapes):
-        if is_shape(shapes):
-            raise ShapeError(f"{label('Concat')}: expects a tuple of inputs; got one input of shape {shapes}")
-        return _merge_shapes("concat", list(shapes), "Concat"), {}
+    Example:
+      >>> Sum().apply({}, (jnp.ones(2), jnp.ones(2)))
+      Array([2., 2.], dtype=float32)
+    """
 
-    return layer("Concat", name, init, lambda p, xs, *, key, train: _merge("concat", list(xs)))
+
+class Concat(_FanIn):
+    """Fan-in: concatenate a tuple of inputs along the channel (last) axis.
+
+    Example:
+      >>> Concat().init(jax.random.key(0), ((4, 2), (4, 3)))[0]
+      (4, 5)
+    """
+
+    mode = "concat"
+
+
+class Multiply(_FanIn):
+    """Fan-in: the elementwise product of a tuple of equally shaped inputs (gates).
+
+    Example:
+      >>> Multiply().apply({}, (jnp.array([3.0, 3.0]), jnp.array([0.5, 0.5])))
+      Array([1.5, 1.5], dtype=float32)
+    """
+
+    mode = "multiply"
 
 
 class Node(NamedTuple):
-    """A node of a :func:`Graph`.
+    """A node of a :class:`Graph`.
 
     Attributes:
       name: the node's name; its output is referred to by this name, and its
@@ -281,8 +357,7 @@ class Node(NamedTuple):
     share: str | None = None
 
 
-def Graph(inputs: str | Sequence[str], nodes: Sequence[Node], outputs: str | Sequence[str], *,
-          name: str | None = None) -> Layer:
+class Graph(Layer):
     """A general DAG of layers, with weight sharing between nodes.
 
     Args:
@@ -308,84 +383,109 @@ def Graph(inputs: str | Sequence[str], nodes: Sequence[Node], outputs: str | Seq
       >>> out, sorted(params)
       ((4, 16), ['left'])
     """
-    in_names = (inputs,) if isinstance(inputs, str) else tuple(inputs)
-    out_names = (outputs,) if isinstance(outputs, str) else tuple(outputs)
-    known = set(in_names)
-    if len(known) != len(in_names):
-        raise ConfigError(f"Graph: input names must be unique; got {in_names}")
-    children, sources = [], {}
-    for i, node in enumerate(nodes):
+
+    inputs: str | tuple
+    nodes: tuple
+    outputs: str | tuple
+
+    def __post_init__(self):
+        super().__post_init__()
+        where = self.where()
+        in_names = (self.inputs,) if isinstance(self.inputs, str) else tuple(self.inputs)
+        if len(set(in_names)) != len(in_names):
+            raise ConfigError(f"{where}: input names must be unique; got {in_names}")
+        nodes, known, owner = [], set(in_names), {}
+        for i, node in enumerate(self.nodes):
+            node = self._check_node(where, i, node, known, owner)
+            nodes.append(node)
+            known.add(node.name)
+            owner[node.name] = owner[node.share] if node.share is not None else node.name
+        outs = (self.outputs,) if isinstance(self.outputs, str) else tuple(self.outputs)
+        for o in outs:
+            if o not in known:
+                raise ConfigError(f"{where}: output {o!r} is not a graph input or node (known: "
+                                  f"{sorted(known)})")
+        self._set(inputs=self.inputs if isinstance(self.inputs, str) else in_names,
+                  nodes=tuple(nodes),
+                  outputs=self.outputs if isinstance(self.outputs, str) else outs)
+        object.__setattr__(self, "owner", owner)
+
+    @staticmethod
+    def _check_node(where, i, node, known, owner) -> Node:
         if not isinstance(node, Node):
-            raise ConfigError(f"Graph: nodes[{i}] must be a Node(name, layer, inputs, share=None); got {node!r}")
+            raise ConfigError(f"{where}: nodes[{i}] must be a Node(name, layer, inputs, "
+                              f"share=None); got {node!r}")
         if node.name in known:
-            raise ConfigError(f"Graph: node name {node.name!r} is used twice")
+            raise ConfigError(f"{where}: node name {node.name!r} is used twice")
         srcs = (node.inputs,) if isinstance(node.inputs, str) else tuple(node.inputs)
-        for s in srcs:
-            if s not in known:
-                raise ConfigError(f"Graph: node {node.name!r} reads {s!r}, which is neither a graph input "
-                                  f"nor an earlier node (known: {sorted(known)})")
-        if node.share is not None and node.share not in {n for n, _ in children}:
-            raise ConfigError(f"Graph: node {node.name!r} shares parameters with {node.share!r}, "
-                              "which is not an earlier node")
+        for src in srcs:
+            if src not in known:
+                raise ConfigError(f"{where}: node {node.name!r} reads {src!r}, which is neither a "
+                                  f"graph input nor an earlier node (known: {sorted(known)})")
+        if node.share is not None and node.share not in owner:
+            raise ConfigError(f"{where}: node {node.name!r} shares parameters with "
+                              f"{node.share!r}, which is not an earlier node")
         if not isinstance(node.layer, Layer):
-            raise ConfigError(f"Graph: node {node.name!r} needs a Layer; got {node.layer!r}")
-        children.append((node.name, node.layer.rename(node.name)))
-        sources[node.name] = (srcs, isinstance(node.inputs, str), node.share)
-        known.add(node.name)
-    for o in out_names:
-        if o not in known:
-            raise ConfigError(f"Graph: output {o!r} is not a graph input or node (known: {sorted(known)})")
-    children = tuple(children)
-    owner = {n: (sources[n][2] or n) for n, _ in children}
-    # A chain of shares resolves to the first owner.
-    for n in owner:
-        while owner[owner[n]] != owner[n]:
-            owner[n] = owner[owner[n]]
+            raise ConfigError(f"{where}: node {node.name!r} needs a Layer; got {node.layer!r}")
+        return Node(node.name, node.layer.rename(node.name),
+                    node.inputs if isinstance(node.inputs, str) else srcs, node.share)
 
-    def _inputs(values, n):
-        srcs, single, _ = sources[n]
-        return values[srcs[0]] if single else tuple(values[s] for s in srcs)
+    def children(self):
+        return tuple((n.name, n.layer) for n in self.nodes)
 
-    def _bind(x):
-        if len(in_names) == 1:
-            return {in_names[0]: x}
-        if not isinstance(x, (tuple, list)) or len(x) != len(in_names):
-            raise ShapeError(f"{label('Graph')}: expects a tuple of {len(in_names)} inputs {in_names}; "
+    def with_child(self, key: str, layer: Layer) -> "Graph":
+        """The graph with node ``key`` computed by ``layer`` (same inputs and sharing)."""
+        if key not in self.owner:
+            raise ConfigError(f"{self.where()}: no node {key!r}; nodes are "
+                              f"{[n.name for n in self.nodes]}")
+        nodes = tuple(n._replace(layer=layer) if n.name == key else n for n in self.nodes)
+        return self.replace(nodes=nodes)
+
+    def _bind(self, x):
+        names = (self.inputs,) if isinstance(self.inputs, str) else self.inputs
+        if len(names) == 1:
+            return {names[0]: x}
+        if not isinstance(x, (tuple, list)) or len(x) != len(names):
+            raise ShapeError(f"{self.label()}: expects a tuple of {len(names)} inputs {names}; "
                              f"got {type(x).__name__}")
-        return dict(zip(in_names, x))
+        return dict(zip(names, x))
 
-    def _out(values):
-        return values[out_names[0]] if isinstance(outputs, str) else tuple(values[o] for o in out_names)
+    @staticmethod
+    def _node_input(values, node):
+        return (values[node.inputs] if isinstance(node.inputs, str)
+                else tuple(values[s] for s in node.inputs))
 
-    def init_fn(key, shape):
-        shapes = _bind(shape)
+    def _out(self, values):
+        return (values[self.outputs] if isinstance(self.outputs, str)
+                else tuple(values[o] for o in self.outputs))
+
+    def build_with_state(self, key, input_shape):
+        shapes = self._bind(input_shape)
         params, state = {}, {}
-        for (n, child), k in zip(children, split_key(key, len(children))):
-            if owner[n] == n:
-                shapes[n], p, s = child.init_with_state(k, _inputs(shapes, n))
-                put(params, n, p)
-                put(state, n, s)
+        for node, k in zip(self.nodes, split_key(key, len(self.nodes))):
+            o, shape = self.owner[node.name], self._node_input(shapes, node)
+            if o == node.name:
+                shapes[node.name], p, s = node.layer.init_with_state(k, shape)
+                put(params, node.name, p)
+                put(state, node.name, s)
                 continue
-            shapes[n], p, s = _shared_init(child, k, _inputs(shapes, n))
-            o = owner[n]
+            shapes[node.name], p, s = _shared_init(node.layer, k, shape)
             if _shape_tree((p, s)) != _shape_tree((params.get(o, {}), state.get(o, {}))):
-                raise ShapeError(f"{label('Graph')}: node {n!r} shares parameters with {o!r}, but its "
-                                 f"layer needs parameters of another structure or shape for input "
-                                 f"{_inputs(shapes, n)}")
-        return _out(shapes), params, state
+                raise ShapeError(f"{self.label()}: node {node.name!r} shares parameters with "
+                                 f"{o!r}, but its layer needs parameters of another structure "
+                                 f"or shape for input {shape}")
+        return self._out(shapes), params, state
 
-    def apply_fn(params, state, x, *, key, train):
-        values, new_state = _bind(x), {}
-        for (n, child), k in zip(children, split_key(key, len(children))):
-            o = owner[n]
-            st = new_state.get(o, child_entry(state, o, "Graph", "state"))
-            values[n], s = child.apply_with_state(child_entry(params, o, "Graph"), st,
-                                                  _inputs(values, n), key=k, train=train)
+    def forward_with_state(self, params, state, x, *, key, train):
+        values, new_state = self._bind(x), {}
+        for node, k in zip(self.nodes, split_key(key, len(self.nodes))):
+            o = self.owner[node.name]
+            st = new_state.get(o, child_entry(state, o, self, "state"))
+            values[node.name], s = node.layer.apply_with_state(
+                child_entry(params, o, self), st, self._node_input(values, node), key=k,
+                train=train)
             put(new_state, o, s)
-        return _out(values), new_state
-
-    return _combinator("Graph", name, children, init_fn, apply_fn,
-                       {"inputs": in_names, "outputs": out_names})
+        return self._out(values), new_state
 
 
 def _shared_init(child, key, shape):
@@ -396,7 +496,7 @@ def _shared_init(child, key, shape):
         box["shape"], p, s = child.init_with_state(k, shape)
         return p, s
 
-    with shared_use():
+    with _context.using(shared=True):
         p, s = jax.eval_shape(f, key)
     return box["shape"], p, s
 

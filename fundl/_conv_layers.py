@@ -3,8 +3,8 @@
 Data layout: channels last, ``x: [N, *spatial, C]`` (NHWC in 2-d); weights
 are ``w: [in, out]`` (Dense), ``[*kernel, C_in // groups, C_out]`` (Conv) and
 ``[*kernel, C_in, C_out // groups]`` (ConvTranspose), with an optional bias
-``b: [out]``. Every constructor returns a :class:`~fundl._layer.Layer` (see
-``fundl/_layer.py``: ``init(key, input_shape) -> (out_shape, params)``,
+``b: [out]``. Each is a :class:`~fundl.layers.Layer` type whose fields are
+its hyper-parameters (``init(key, input_shape) -> (out_shape, params)``,
 ``apply(params, x, *, key=None, train=False) -> y``). Hyper-parameters are
 validated when the layer is constructed (ConfigError naming the layer, the
 argument and the value); shapes at ``init`` and again at ``apply``
@@ -16,9 +16,9 @@ callables ``(key, shape, dtype) -> array`` such as
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +29,9 @@ from ._conv import _transpose_pads, conv, conv_transpose
 from ._errors import ConfigError, ShapeError
 from ._init import (check_initializer, fan_in_conv, fan_in_conv_transpose, fan_in_dense,
                     run_initializer, torch_default)
-from ._layer import Layer, label, layer
+from ._layer import Layer
 from ._shapes import conv_output_size, resolve_padding
-from ._util import check_bool, check_int, check_name, ntuple
+from ._util import check_bool, check_int, ntuple
 
 __all__ = ["Conv", "ConvTranspose", "Dense"]
 
@@ -105,19 +105,15 @@ def _check_channels(lab, shape, expected: int, w_shape, groups: int):
                          f"{tuple(w_shape)}{extra}); got input shape {tuple(shape)}")
 
 
-def _config(**kw):
-    """Hyper-parameters for ``repr``; initialisers only when overridden."""
-    return {k: v for k, v in kw.items() if not (k in ("w_init", "b_init") and v is None)}
-
-
 # -- Dense -------------------------------------------------------------------
 
-def Dense(features: int, *, bias: bool = True, w_init=None, b_init=None,
-          name: str | None = None) -> Layer:
-    """Fully connected layer ``y = x @ w + b`` (``torch.nn.Linear``).
+class Dense(Layer):
+    """Fully connected layer ``y = x @ w + b`` over the last axis (``torch.nn.Linear``).
 
-    Shapes: ``[N, in] -> [N, features]``. A rank > 2 input (e.g. after a
-    convolution) is an error: insert :func:`Flatten` first.
+    Shapes: ``[..., in] -> [..., features]`` for any input of rank >= 2
+    (``[N, in]``, a sequence ``[N, T, in]``, ...). A conv feature map fed to
+    a classifier without :class:`Flatten` is caught by the loss, which names
+    both shapes.
 
     Args:
       features: number of outputs.
@@ -134,80 +130,99 @@ def Dense(features: int, *, bias: bool = True, w_init=None, b_init=None,
       >>> out_shape, params = layer.init(jax.random.key(0), (8, 4))
       >>> out_shape, params['w'].shape, params['b'].shape
       ((8, 3), (4, 3), (3,))
-      >>> layer.apply(params, jnp.ones((8, 4))).shape
-      (8, 3)
+      >>> layer.apply(params, jnp.ones((8, 5, 4))).shape   # per token
+      (8, 5, 3)
     """
-    kind = "Dense"
-    name = check_name(kind, name, "dense")
-    where = f"{kind} '{name}'"
-    features = check_int(features, "features", where, 1)
-    bias = check_bool(bias, "bias", where)
-    check_initializer(w_init, "w_init", where)
-    check_initializer(b_init, "b_init", where)
 
-    def check_rank(lab, shape):
-        if len(shape) != 2:
-            hint = (" Insert Flatten() before Dense." if len(shape) > 2
-                    else " Add a batch axis, e.g. x[None].")
-            raise ShapeError(f"{lab}: input must be [N, features] (rank 2); got input shape "
-                             f"{tuple(shape)} (rank {len(shape)}).{hint}")
+    features: int
+    _: KW_ONLY
+    bias: bool = True
+    w_init: Callable | None = None
+    b_init: Callable | None = None
 
-    def init(key, input_shape):
-        lab = label(kind)
-        check_rank(lab, input_shape)
-        w_shape = (input_shape[-1], features)
-        params = _make_params(key, lab, w_shape, w_init, (features,) if bias else None, b_init,
+    def __post_init__(self):
+        super().__post_init__()
+        where = self.where()
+        self._set(features=check_int(self.features, "features", where, 1),
+                  bias=check_bool(self.bias, "bias", where))
+        check_initializer(self.w_init, "w_init", where)
+        check_initializer(self.b_init, "b_init", where)
+
+    def _check_rank(self, shape):
+        if len(shape) < 2:
+            raise ShapeError(f"{self.label()}: input must be [N, ..., features] (rank >= 2); got "
+                             f"input shape {tuple(shape)} (rank {len(shape)}). Add a batch axis, "
+                             "e.g. x[None].")
+
+    def build(self, key, input_shape):
+        self._check_rank(input_shape)
+        w_shape = (input_shape[-1], self.features)
+        params = _make_params(key, self.label(), w_shape, self.w_init,
+                              (self.features,) if self.bias else None, self.b_init,
                               fan_in_dense(w_shape))
-        return (input_shape[0], features), params
+        return (*input_shape[:-1], self.features), params
 
-    def apply(params, x, *, key, train):
-        lab = label(kind)
+    def forward(self, params, x, *, key, train):
+        lab = self.label()
         w = _param(params, "w", lab)
         shape = jnp.shape(x)
-        check_rank(lab, shape)
+        self._check_rank(shape)
         if shape[-1] != w.shape[0]:
-            raise ShapeError(f"{lab}: input has {shape[-1]} features but the parameters were "
-                             f"initialised for {w.shape[0]} (params['w'] has shape "
-                             f"{tuple(w.shape)}); got input shape {tuple(shape)}")
+            raise ShapeError(f"{lab}: input has {shape[-1]} features (last axis) but the "
+                             f"parameters were initialised for {w.shape[0]} (params['w'] has "
+                             f"shape {tuple(w.shape)}); got input shape {tuple(shape)}")
         return _act.linear(x, w, params.get("b"))
 
-    def macs(in_shape, out_shape, params):
-        return in_shape[0] * in_shape[1] * out_shape[1]
-
-    return layer(kind, name, init, apply, macs=macs,
-                 config=_config(features=features, bias=bias, w_init=w_init, b_init=b_init))
+    def macs(self, input_shape, output_shape, params) -> int:
+        return math.prod(input_shape) * output_shape[-1]
 
 
 # -- convolutions ------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class _ConvSpec:
-    """The validated hyper-parameters of a Conv or ConvTranspose, and the steps of
-    ``init`` / ``apply`` the two share.
+class _ConvBase(Layer):
+    """What Conv and ConvTranspose share: validated hyper-parameters and the steps of
+    ``init`` / ``apply``.
 
     ``transpose`` selects the weight layout: ``[*kernel, C_in // groups, C_out]``
-    (Conv) or ``[*kernel, C_in, C_out // groups]`` (ConvTranspose, which also
-    has ``output_padding``; None for Conv). Per-dim hyper-parameters are kept
-    as given (int or tuple); ``rank`` is the spatial rank a tuple fixed, or None.
+    (Conv) or ``[*kernel, C_in, C_out // groups]`` (ConvTranspose). Per-dim
+    hyper-parameters are kept as given (int or tuple); a tuple fixes the
+    spatial rank (``self.rank``; None: taken from the input).
     """
-    kind: str
-    name: str
-    transpose: bool
+
     out_channels: int
     kernel_size: int | tuple
-    stride: int | tuple
-    padding: object
-    dilation: int | tuple
-    groups: int
-    bias: bool
-    w_init: Callable | None
-    b_init: Callable | None
-    rank: int | None
-    output_padding: int | tuple | None = None
+    _: KW_ONLY
+    stride: int | tuple = 1
+    padding: object = 0
+    dilation: int | tuple = 1
+    groups: int = 1
+    bias: bool = True
+    w_init: Callable | None = None
+    b_init: Callable | None = None
 
-    @property
-    def where(self) -> str:
-        return f"{self.kind} '{self.name}'"
+    transpose = False
+
+    def _per_dim(self) -> dict:
+        return {"kernel_size": self.kernel_size, "stride": self.stride, "dilation": self.dilation}
+
+    def __post_init__(self):
+        super().__post_init__()
+        where = self.where()
+        out_channels = check_int(self.out_channels, "out_channels", where, 1)
+        groups = check_int(self.groups, "groups", where, 1)
+        per_dim = self._per_dim()
+        rank = implied_rank(where, **per_dim)
+        per_dim = {arg: check_spatial(v, arg, where, 0 if arg == "output_padding" else 1, rank)
+                   for arg, v in per_dim.items()}
+        padding = _check_padding(self.padding, where, rank)
+        if out_channels % groups:
+            raise ConfigError(f"{where}: groups={groups} must divide out_channels; got "
+                              f"out_channels={out_channels}")
+        check_initializer(self.w_init, "w_init", where)
+        check_initializer(self.b_init, "b_init", where)
+        self._set(out_channels=out_channels, groups=groups, padding=padding,
+                  bias=check_bool(self.bias, "bias", where), **per_dim)
+        object.__setattr__(self, "rank", rank)
 
     def geometry(self, lab: str, n: int):
         """Per-dim ``(kernel_size, stride, dilation)`` for ``n`` spatial dims."""
@@ -217,7 +232,9 @@ class _ConvSpec:
 
     def input_rank(self, lab: str, shape) -> int:
         """Spatial rank of an ``init`` input (checked against ``kernel_size``'s rank)."""
-        return input_rank(lab, shape, self.rank, f"kernel_size={self.kernel_size!r}")
+        what = (f"kernel_size={self.kernel_size!r}" if isinstance(self.kernel_size, tuple)
+                else "its tuple-valued hyper-parameters")
+        return input_rank(lab, shape, self.rank, what)
 
     def in_channels(self, lab: str, shape) -> int:
         """Input channels of an ``init`` input; ``groups`` must divide them."""
@@ -247,46 +264,13 @@ class _ConvSpec:
         _check_channels(lab, shape, expected, w.shape, self.groups)
         return w, shape, n
 
-    def config(self):
-        """Hyper-parameters for ``repr``, in the constructor's order."""
-        extra = {"output_padding": self.output_padding} if self.transpose else {}
-        return _config(out_channels=self.out_channels, kernel_size=self.kernel_size,
-                       stride=self.stride, padding=self.padding, **extra,
-                       dilation=self.dilation, groups=self.groups, bias=self.bias,
-                       w_init=self.w_init, b_init=self.b_init)
 
-
-def _conv_spec(kind, name, default, *, transpose, out_channels, kernel_size, stride, padding,
-               dilation, groups, bias, w_init, b_init, output_padding=None) -> _ConvSpec:
-    """Construction-time validation shared by Conv and ConvTranspose (ConfigError naming the layer)."""
-    name = check_name(kind, name, default)
-    where = f"{kind} '{name}'"
-    out_channels = check_int(out_channels, "out_channels", where, 1)
-    groups = check_int(groups, "groups", where, 1)
-    per_dim = {"kernel_size": kernel_size, "stride": stride, "dilation": dilation}
-    if transpose:
-        per_dim["output_padding"] = output_padding
-    rank = implied_rank(where, **per_dim)
-    per_dim = {arg: check_spatial(v, arg, where, 0 if arg == "output_padding" else 1, rank)
-               for arg, v in per_dim.items()}
-    padding = _check_padding(padding, where, rank)
-    bias = check_bool(bias, "bias", where)
-    check_initializer(w_init, "w_init", where)
-    check_initializer(b_init, "b_init", where)
-    if out_channels % groups:
-        raise ConfigError(f"{where}: groups={groups} must divide out_channels; got "
-                          f"out_channels={out_channels}")
-    return _ConvSpec(kind, name, transpose, out_channels, padding=padding, groups=groups,
-                     bias=bias, w_init=w_init, b_init=b_init, rank=rank, **per_dim)
-
-
-def Conv(out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, groups: int = 1,
-         bias: bool = True, w_init=None, b_init=None, name: str | None = None) -> Layer:
+class Conv(_ConvBase):
     """N-d convolution, channels last (``torch.nn.Conv1d/2d/3d``).
 
     The spatial rank is ``len(kernel_size)`` if it is a tuple, else the
     input's rank minus 2: ``Conv(16, 3)`` is a 2-d conv on ``[N, H, W, C]``
-    and a 1-d conv on ``[N, L, C]``.
+    and a 1-d conv on ``[N, L, C]``; ``Conv(16, (3, 3))`` refuses a rank-3 input.
 
     Shapes: ``[N, *spatial, C_in] -> [N, *out_spatial, out_channels]`` with
     ``out = floor((L + lo + hi - dilation*(k-1) - 1) / stride) + 1``
@@ -315,35 +299,29 @@ def Conv(out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, gro
       >>> out_shape, params['w'].shape
       ((8, 28, 28, 32), (5, 5, 1, 32))
     """
-    spec = _conv_spec("Conv", name, "conv", transpose=False, out_channels=out_channels,
-                      kernel_size=kernel_size, stride=stride, padding=padding,
-                      dilation=dilation, groups=groups, bias=bias, w_init=w_init, b_init=b_init)
 
-    def init(key, input_shape):
-        lab = label(spec.kind)
-        k, s, d = spec.geometry(lab, spec.input_rank(lab, input_shape))
-        c_in = spec.in_channels(lab, input_shape)
-        _, out = _conv_out(lab, input_shape, k, s, spec.padding, d)
-        params = spec.init_params(key, lab, k, c_in)
-        return (input_shape[0], *out, spec.out_channels), params
+    def build(self, key, input_shape):
+        lab = self.label()
+        k, s, d = self.geometry(lab, self.input_rank(lab, input_shape))
+        c_in = self.in_channels(lab, input_shape)
+        _, out = _conv_out(lab, input_shape, k, s, self.padding, d)
+        params = self.init_params(key, lab, k, c_in)
+        return (input_shape[0], *out, self.out_channels), params
 
-    def apply(params, x, *, key, train):
-        lab = label(spec.kind)
-        w, shape, n = spec.weight(lab, params, x)
-        _, s, d = spec.geometry(lab, n)
-        pads, _ = _conv_out(lab, shape, w.shape[:n], s, spec.padding, d)
-        return conv(x, w, params.get("b"), stride=s, padding=pads, dilation=d, groups=spec.groups)
+    def forward(self, params, x, *, key, train):
+        lab = self.label()
+        w, shape, n = self.weight(lab, params, x)
+        _, s, d = self.geometry(lab, n)
+        pads, _ = _conv_out(lab, shape, w.shape[:n], s, self.padding, d)
+        return conv(x, w, params.get("b"), stride=s, padding=pads, dilation=d, groups=self.groups)
 
-    def macs(in_shape, out_shape, params):
+    def macs(self, input_shape, output_shape, params) -> int:
         w = params["w"].shape
-        return in_shape[0] * out_shape[-1] * math.prod(out_shape[1:-1]) * math.prod(w[:-1])
+        return (input_shape[0] * output_shape[-1] * math.prod(output_shape[1:-1])
+                * math.prod(w[:-1]))
 
-    return layer(spec.kind, spec.name, init, apply, macs=macs, config=spec.config())
 
-
-def ConvTranspose(out_channels: int, kernel_size, *, stride=1, padding=0, output_padding=0,
-                  dilation=1, groups: int = 1, bias: bool = True, w_init=None, b_init=None,
-                  name: str | None = None) -> Layer:
+class ConvTranspose(_ConvBase):
     """N-d transposed convolution, channels last (``torch.nn.ConvTranspose1d/2d/3d``).
 
     The spatial rank is ``len(kernel_size)`` if it is a tuple, else the
@@ -378,50 +356,54 @@ def ConvTranspose(out_channels: int, kernel_size, *, stride=1, padding=0, output
       >>> out_shape, params['w'].shape
       ((8, 32, 32, 3), (4, 4, 8, 3))
     """
-    spec = _conv_spec("ConvTranspose", name, "conv_transpose", transpose=True,
-                      out_channels=out_channels, kernel_size=kernel_size, stride=stride,
-                      padding=padding, dilation=dilation, groups=groups, bias=bias,
-                      w_init=w_init, b_init=b_init, output_padding=output_padding)
 
-    def geometry(lab, n):
-        k, s, d = spec.geometry(lab, n)
-        op = ntuple(spec.output_padding, n, "output_padding", lab)
+    _: KW_ONLY
+    output_padding: int | tuple = 0
+
+    transpose = True
+
+    def _per_dim(self) -> dict:
+        return {**super()._per_dim(), "output_padding": self.output_padding}
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._geometry(self.where(), self.rank or 1)  # fail early on the output_padding rule
+
+    def _geometry(self, lab, n):
+        k, s, d = self.geometry(lab, n)
+        op = ntuple(self.output_padding, n, "output_padding", lab)
         if any(o >= max(si, di) for o, si, di in zip(op, s, d)):
             raise ConfigError(f"{lab}: output_padding must be smaller than either stride or "
-                              f"dilation; got output_padding={spec.output_padding!r} with "
-                              f"stride={spec.stride!r}, dilation={spec.dilation!r}")
+                              f"dilation; got output_padding={self.output_padding!r} with "
+                              f"stride={self.stride!r}, dilation={self.dilation!r}")
         return k, s, d, op
 
-    def out_size(lab, shape, k, s, d, op):
-        pads = _transpose_pads(spec.padding, shape[1:-1], k, s, d, lab)
+    def _out_size(self, lab, shape, k, s, d, op):
+        pads = _transpose_pads(self.padding, shape[1:-1], k, s, d, lab)
         out = tuple((L - 1) * si - lo - hi + di * (ki - 1) + oi + 1
                     for L, ki, si, di, oi, (lo, hi) in zip(shape[1:-1], k, s, d, op, pads))
         if any(o < 1 for o in out):
             raise ShapeError(f"{lab}: output spatial size would be {out} (< 1) for input shape "
-                             f"{tuple(shape)} with padding={spec.padding!r}, kernel_size={k}, "
+                             f"{tuple(shape)} with padding={self.padding!r}, kernel_size={k}, "
                              f"stride={s}, dilation={d}")
         return out
 
-    geometry(spec.where, spec.rank or 1)  # fail early on the output_padding rule
+    def build(self, key, input_shape):
+        lab = self.label()
+        k, s, d, op = self._geometry(lab, self.input_rank(lab, input_shape))
+        c_in = self.in_channels(lab, input_shape)
+        out = self._out_size(lab, input_shape, k, s, d, op)
+        params = self.init_params(key, lab, k, c_in)
+        return (input_shape[0], *out, self.out_channels), params
 
-    def init(key, input_shape):
-        lab = label(spec.kind)
-        k, s, d, op = geometry(lab, spec.input_rank(lab, input_shape))
-        c_in = spec.in_channels(lab, input_shape)
-        out = out_size(lab, input_shape, k, s, d, op)
-        params = spec.init_params(key, lab, k, c_in)
-        return (input_shape[0], *out, spec.out_channels), params
+    def forward(self, params, x, *, key, train):
+        lab = self.label()
+        w, shape, n = self.weight(lab, params, x)
+        _, s, d, op = self._geometry(lab, n)
+        self._out_size(lab, shape, w.shape[:n], s, d, op)
+        return conv_transpose(x, w, params.get("b"), stride=s, padding=self.padding,
+                              output_padding=op, dilation=d, groups=self.groups)
 
-    def apply(params, x, *, key, train):
-        lab = label(spec.kind)
-        w, shape, n = spec.weight(lab, params, x)
-        _, s, d, op = geometry(lab, n)
-        out_size(lab, shape, w.shape[:n], s, d, op)
-        return conv_transpose(x, w, params.get("b"), stride=s, padding=spec.padding,
-                              output_padding=op, dilation=d, groups=spec.groups)
-
-    def macs(in_shape, out_shape, params):
+    def macs(self, input_shape, output_shape, params) -> int:
         w = params["w"].shape
-        return in_shape[0] * math.prod(in_shape[1:]) * w[-1] * math.prod(w[:-2])
-
-    return layer(spec.kind, spec.name, init, apply, macs=macs, config=spec.config())
+        return input_shape[0] * math.prod(input_shape[1:]) * w[-1] * math.prod(w[:-2])

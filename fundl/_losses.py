@@ -88,10 +88,14 @@ def _check_index_target(name, scores, target, arg, ignore_index=None):
         raise ConfigError(
             f"{name}: target must be integer class indices; got dtype {target.dtype}")
     if target.shape != scores.shape[:-1]:
+        hint = ""
+        if scores.ndim > 2 and target.shape == scores.shape[:1]:
+            hint = (f". The {arg} look like a feature map [N, *spatial, C] reaching the loss: "
+                    "insert Flatten() (or GlobalAvgPool()) before the classifier's Dense layers")
         raise ShapeError(
             f"{name}: target (integer class indices) must have shape {arg}.shape[:-1] = "
             f"{scores.shape[:-1]}; got {target.shape} ({arg} has shape {scores.shape}, "
-            "classes on the last axis)")
+            f"classes on the last axis){hint}")
     # Range check only on concrete values (eager calls); under jit an
     # out-of-range index gathers NaN instead (see _gather_last).
     if not isinstance(target, jax.core.Tracer) and target.size:

@@ -67,13 +67,13 @@ import contextlib
 import functools
 import itertools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import _context
 from ._errors import ConfigError
 
 __all__ = ["Lowering", "get_lowering", "set_lowering", "lowering"]
@@ -87,14 +87,8 @@ _IM2COL_MAX_BYTES = 16 << 20
 _IM2COL_MAX_TAPS = 49  # up to 7x7 (2-d) kernels; the measured wins are 1x1 to 5x5
 
 
-class Lowering(NamedTuple):
-    """The lowering setting: ``conv`` in ``('auto', 'xla', 'im2col')``,
-    ``pool`` in ``('auto', 'reduce_window', 'reshape')``."""
-    conv: str = "auto"
-    pool: str = "auto"
-
-
-_setting = Lowering()
+# The setting itself lives with the rest of fundl's hidden context.
+from ._context import Lowering, get_lowering  # noqa: E402  (re-exported)
 
 
 def _check(value, arg, choices, fn):
@@ -104,19 +98,6 @@ def _check(value, arg, choices, fn):
         raise ConfigError(f"{fn}: {arg} must be one of {', '.join(map(repr, choices))} "
                           f"(or None to keep the current setting); got {arg}={value!r}")
     return value
-
-
-def get_lowering() -> Lowering:
-    """The current lowering setting.
-
-    Returns:
-      ``Lowering(conv, pool)``.
-
-    Example:
-      >>> get_lowering()
-      Lowering(conv='auto', pool='auto')
-    """
-    return _setting
 
 
 def set_lowering(conv: str | None = None, pool: str | None = None) -> Lowering:
@@ -146,12 +127,10 @@ def set_lowering(conv: str | None = None, pool: str | None = None) -> Lowering:
       'xla'
       >>> _ = set_lowering(*old)
     """
-    global _setting
     fn = "set_lowering"
     conv, pool = _check(conv, "conv", _CONV_CHOICES, fn), _check(pool, "pool", _POOL_CHOICES, fn)
-    old = _setting
-    _setting = Lowering(conv or old.conv, pool or old.pool)
-    return old
+    old = get_lowering()
+    return _context.put_lowering(Lowering(conv or old.conv, pool or old.pool))
 
 
 @contextlib.contextmanager
@@ -176,7 +155,7 @@ def lowering(conv: str | None = None, pool: str | None = None):
     """
     old = set_lowering(conv, pool)
     try:
-        yield _setting
+        yield get_lowering()
     finally:
         set_lowering(*old)
 
@@ -200,7 +179,7 @@ def choose_conv(x_shape, w_shape, strides, padding, lhs_dilation, rhs_dilation, 
     traffic than XLA's own convolution; 2-7 input channels gather rows too
     short to be efficient.
     """
-    mode = _setting.conv
+    mode = get_lowering().conv
     if mode != "auto":
         return mode
     if not _on_cpu() or groups != 1 or any(ld != 1 for ld in lhs_dilation):
@@ -227,7 +206,7 @@ def pool_reshape_ok(k, s, d) -> bool:
 
 def choose_pool(k, s, d) -> str:
     """``'reduce_window'`` or ``'reshape'`` for a pool, from the setting and backend."""
-    mode = _setting.pool
+    mode = get_lowering().pool
     if not pool_reshape_ok(k, s, d) or mode == "reduce_window":
         return "reduce_window"
     if mode == "reshape" or _on_cpu():

@@ -4,24 +4,25 @@ Data layout: channels last, ``x: [N, *spatial, C]``; both layers act per
 channel ``C`` (the last axis), matching ``torch.nn.BatchNorm1d/2d/3d`` and
 ``torch.nn.LayerNorm(C)``.
 
-BatchNorm is stateful (see ``fundl/_layer.py``): ``init`` returns
+BatchNorm is stateful: ``init`` returns
 ``(out_shape, params, state)`` and ``apply(params, x, state=state,
 train=...)`` returns ``(y, new_state)``.
 """
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import math
 from collections.abc import Mapping
-from typing import NamedTuple
+from dataclasses import KW_ONLY
 
 import jax
 import jax.numpy as jnp
 
+from . import _context
 from ._checks import channels
 from ._errors import ConfigError, ShapeError
-from ._layer import Layer, label, layer, stateful_layer
-from ._util import check_bool, check_name, check_real
+from ._layer import Layer
+from ._util import check_bool, check_real
 
 __all__ = ["BatchNorm", "LayerNorm"]
 
@@ -29,15 +30,6 @@ __all__ = ["BatchNorm", "LayerNorm"]
 def _bcast(v, ndim: int):
     """``[C] -> [1, ..., 1, C]``: explicit, since strict mode forbids rank promotion."""
     return v.reshape((1,) * (ndim - v.ndim) + v.shape)
-
-
-class _Mode(NamedTuple):
-    axis_name: object
-    sync: bool
-    groups: int
-
-
-_MODE: contextvars.ContextVar[_Mode | None] = contextvars.ContextVar("fundl_bn_mode", default=None)
 
 
 @contextlib.contextmanager
@@ -59,11 +51,8 @@ def batch_stats_mode(*, axis_name=None, sync: bool = True, groups: int = 1):
     """
     if not isinstance(groups, int) or groups < 1:
         raise ConfigError(f"batch_stats_mode: groups must be an int >= 1; got groups={groups!r}")
-    token = _MODE.set(_Mode(axis_name, bool(sync), groups))
-    try:
+    with _context.using(batch_stats=_context.BatchStats(axis_name, bool(sync), groups)):
         yield
-    finally:
-        _MODE.reset(token)
 
 
 def _compute_dtype(dtype):
@@ -90,8 +79,7 @@ def _check_params(lab: str, params, affine: bool, c: int):
                              f"shape {tuple(params[k].shape)}")
 
 
-def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
-              axis_name=None, name: str | None = None) -> Layer:
+class BatchNorm(Layer):
     """Batch normalisation per channel (``torch.nn.BatchNorm1d/2d/3d``), channels last.
 
     Normalises over every axis except the last, so it works on ``[N, C]``,
@@ -130,25 +118,31 @@ def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
       >>> y.shape, state['mean'].shape
       ((8, 4, 4, 16), (16,))
     """
-    kind = "BatchNorm"
-    name = check_name(kind, name, "batch_norm")
-    where = f"{kind} '{name}'"
-    momentum = check_real(momentum, "momentum", where, 0.0, 1.0, lo_open=False)
-    eps = check_real(eps, "eps", where, 0.0, None, lo_open=True)
-    affine = check_bool(affine, "affine", where)
-    if axis_name is not None and not isinstance(axis_name, (str, tuple)):
-        raise ConfigError(f"{where}: axis_name must be None, a str or a tuple of str; got "
-                          f"axis_name={axis_name!r}")
 
-    def init_fn(key, input_shape):
-        c = channels(label(kind), input_shape, "[N, ..., C]")
+    _: KW_ONLY
+    momentum: float = 0.1
+    eps: float = 1e-5
+    affine: bool = True
+    axis_name: object = None
+
+    stateful = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        where = self.where()
+        self._set(momentum=check_real(self.momentum, "momentum", where, 0.0, 1.0, lo_open=False),
+                  eps=check_real(self.eps, "eps", where, 0.0, None, lo_open=True),
+                  affine=check_bool(self.affine, "affine", where))
+        if self.axis_name is not None and not isinstance(self.axis_name, (str, tuple)):
+            raise ConfigError(f"{where}: axis_name must be None, a str or a tuple of str; got "
+                              f"axis_name={self.axis_name!r}")
+
+    def build(self, key, input_shape):
+        c = channels(self.label(), input_shape, "[N, ..., C]")
         state = {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
-        return input_shape, _affine_params(affine, c), state
+        return input_shape, _affine_params(self.affine, c), state
 
-    def apply_fn(params, state, x, *, key, train):
-        lab = label(kind)
-        x = jnp.asarray(x)
-        shape = x.shape
+    def _check_apply(self, lab, params, state, shape) -> int:
         c = channels(lab, shape, "[N, ..., C]")
         if not isinstance(state, Mapping) or not {"mean", "var"} <= set(state):
             raise ConfigError(f"{lab}: state must be the dict {{'mean', 'var'}} returned by "
@@ -157,68 +151,79 @@ def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True,
             raise ShapeError(f"{lab}: input has {c} channels (last axis) but the state was "
                              f"initialised for {state['mean'].shape[0]}; got input shape "
                              f"{tuple(shape)}")
-        _check_params(lab, params, affine, c)
-        nd = len(shape)
+        _check_params(lab, params, self.affine, c)
+        return c
+
+    def _mode(self):
+        """``(axis_name, sync, groups)``: own axis, else the data-parallel step's setting."""
+        mode = _context.current().batch_stats
+        if self.axis_name is None and mode is not None:
+            return mode.axis_name, mode.sync, mode.groups
+        return self.axis_name, True, 1
+
+    def forward(self, params, x, *, state, key, train):
+        lab = self.label()
+        x = jnp.asarray(x)
+        shape = x.shape
+        self._check_apply(lab, params, state, shape)
         xf = x.astype(_compute_dtype(x.dtype))
         # Work on [G, N/G, ..., C]: G = 1 but for per-device ("ghost") statistics in a
         # global-view data-parallel step (see batch_stats_mode); statistics are [G, 1, ..., C].
-        ax, sync, groups = axis_name, True, 1
-        mode = _MODE.get()
-        if ax is None and mode is not None:
-            ax, sync, groups = mode.axis_name, mode.sync, mode.groups
+        ax, sync, groups = self._mode()
         if train and groups > 1 and shape[0] % groups:
             raise ShapeError(f"{lab}: per-device batch statistics over {groups} devices need a "
                              f"batch divisible by {groups}; got input shape {tuple(shape)}")
         g = groups if train else 1
         xg = jnp.reshape(xf, (g, shape[0] // g, *shape[1:]))
-        axes = tuple(range(1, nd))
         if train:
-            n = 1
-            for d in xg.shape[1:-1]:
-                n *= d
-            if ax is not None and sync:
-                n = n * jax.lax.axis_size(ax)
-            if isinstance(n, int) and n < 2:
-                raise ShapeError(f"{lab}: training needs more than 1 value per channel to "
-                                 f"estimate a variance; got input shape {tuple(shape)}"
-                                 + (f" split in {g} per-device groups" if g > 1 else ""))
-            mean = jnp.mean(xg, axis=axes, keepdims=True)
-            if ax is not None and sync:
-                mean = jax.lax.pmean(mean, ax)
-            # Two passes (mean, then centred squares): no cancellation, unlike E[x^2]-E[x]^2.
-            var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
-            if ax is not None and sync:
-                var = jax.lax.pmean(var, ax)
-            # Running stats are not differentiated (as in PyTorch). With per-device
-            # statistics the running update uses their average over devices (groups),
-            # so the state stays identical on every device.
-            bm = jnp.mean(jax.lax.stop_gradient(mean), axis=tuple(range(nd)))
-            bv = jnp.mean(jax.lax.stop_gradient(var) * (n / (n - 1)), axis=tuple(range(nd)))
-            if ax is not None and not sync:
-                bm, bv = jax.lax.pmean(bm, ax), jax.lax.pmean(bv, ax)
-            new_state = {
-                "mean": (1 - momentum) * state["mean"] + momentum * bm,
-                "var": (1 - momentum) * state["var"] + momentum * bv,
-            }
-            new_state = {k: v.astype(state[k].dtype) for k, v in new_state.items()}
+            mean, var, new_state = self._batch_stats(lab, xg, state, ax, sync, shape)
         else:
             mean, var, new_state = state["mean"], state["var"], state
-        inv = jax.lax.rsqrt(var.astype(xf.dtype) + eps)
-        if affine:
-            inv = inv * _bcast(params["scale"].astype(xf.dtype), inv.ndim)
-        y = (xg - _bcast(mean.astype(xf.dtype), nd + 1)) * _bcast(inv, nd + 1)
-        if affine:
-            y = y + _bcast(params["bias"].astype(xf.dtype), nd + 1)
-        y = jnp.reshape(y, shape)
-        return y.astype(x.dtype), new_state
+        y = self._normalise(params, xg, mean, var, len(shape))
+        return jnp.reshape(y, shape).astype(x.dtype), new_state
 
-    return stateful_layer(kind, name, init_fn, apply_fn, config={
-        "momentum": momentum, "eps": eps, "affine": affine,
-        **({"axis_name": axis_name} if axis_name is not None else {})})
+    def _batch_stats(self, lab, xg, state, ax, sync, shape):
+        """Batch mean and (biased) variance ``[G, 1, ..., C]``, and the updated running state."""
+        nd = len(shape)
+        axes = tuple(range(1, nd))
+        n = math.prod(xg.shape[1:-1])
+        if ax is not None and sync:
+            n = n * jax.lax.axis_size(ax)
+        if isinstance(n, int) and n < 2:
+            g = xg.shape[0]
+            raise ShapeError(f"{lab}: training needs more than 1 value per channel to "
+                             f"estimate a variance; got input shape {tuple(shape)}"
+                             + (f" split in {g} per-device groups" if g > 1 else ""))
+        mean = jnp.mean(xg, axis=axes, keepdims=True)
+        if ax is not None and sync:
+            mean = jax.lax.pmean(mean, ax)
+        # Two passes (mean, then centred squares): no cancellation, unlike E[x^2]-E[x]^2.
+        var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+        if ax is not None and sync:
+            var = jax.lax.pmean(var, ax)
+        # Running stats are not differentiated (as in PyTorch). With per-device
+        # statistics the running update uses their average over devices (groups),
+        # so the state stays identical on every device.
+        bm = jnp.mean(jax.lax.stop_gradient(mean), axis=tuple(range(nd)))
+        bv = jnp.mean(jax.lax.stop_gradient(var) * (n / (n - 1)), axis=tuple(range(nd)))
+        if ax is not None and not sync:
+            bm, bv = jax.lax.pmean(bm, ax), jax.lax.pmean(bv, ax)
+        m = self.momentum
+        new_state = {"mean": (1 - m) * state["mean"] + m * bm,
+                     "var": (1 - m) * state["var"] + m * bv}
+        return mean, var, {k: v.astype(state[k].dtype) for k, v in new_state.items()}
+
+    def _normalise(self, params, xg, mean, var, nd):
+        inv = jax.lax.rsqrt(var.astype(xg.dtype) + self.eps)
+        if self.affine:
+            inv = inv * _bcast(params["scale"].astype(xg.dtype), inv.ndim)
+        y = (xg - _bcast(mean.astype(xg.dtype), nd + 1)) * _bcast(inv, nd + 1)
+        if self.affine:
+            y = y + _bcast(params["bias"].astype(xg.dtype), nd + 1)
+        return y
 
 
-def LayerNorm(*, eps: float = 1e-5, elementwise_affine: bool = True,
-              name: str | None = None) -> Layer:
+class LayerNorm(Layer):
     """Layer normalisation over the last axis (``torch.nn.LayerNorm(C)``).
 
     ``y = (x - mean) / sqrt(var + eps) * scale + bias`` with the (biased)
@@ -239,36 +244,37 @@ def LayerNorm(*, eps: float = 1e-5, elementwise_affine: bool = True,
       >>> ln.apply(params, jnp.ones((8, 10, 32))).shape
       (8, 10, 32)
     """
-    kind = "LayerNorm"
-    name = check_name(kind, name, "layer_norm")
-    where = f"{kind} '{name}'"
-    eps = check_real(eps, "eps", where, 0.0, None, lo_open=True)
-    affine = check_bool(elementwise_affine, "elementwise_affine", where)
 
-    def check(lab, shape):
+    _: KW_ONLY
+    eps: float = 1e-5
+    elementwise_affine: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        where = self.where()
+        self._set(eps=check_real(self.eps, "eps", where, 0.0, None, lo_open=True),
+                  elementwise_affine=check_bool(self.elementwise_affine, "elementwise_affine",
+                                                where))
+
+    def _channels(self, shape) -> int:
         if len(shape) < 1:
-            raise ShapeError(f"{lab}: input must have a channel axis (rank >= 1); got input "
-                             f"shape {tuple(shape)}")
+            raise ShapeError(f"{self.label()}: input must have a channel axis (rank >= 1); got "
+                             f"input shape {tuple(shape)}")
         return shape[-1]
 
-    def init(key, input_shape):
-        return input_shape, _affine_params(affine, check(label(kind), input_shape))
+    def build(self, key, input_shape):
+        return input_shape, _affine_params(self.elementwise_affine, self._channels(input_shape))
 
-    def apply(params, x, *, key, train):
-        lab = label(kind)
+    def forward(self, params, x, *, key, train):
         x = jnp.asarray(x)
         shape = x.shape
-        c = check(lab, shape)
-        _check_params(lab, params, affine, c)
+        _check_params(self.label(), params, self.elementwise_affine, self._channels(shape))
         xf = x.astype(_compute_dtype(x.dtype))
         mean = jnp.mean(xf, axis=-1, keepdims=True)
         centred = xf - mean
         var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
-        y = centred * jax.lax.rsqrt(var + eps)
-        if affine:
+        y = centred * jax.lax.rsqrt(var + self.eps)
+        if self.elementwise_affine:
             y = (y * _bcast(params["scale"].astype(xf.dtype), len(shape))
                  + _bcast(params["bias"].astype(xf.dtype), len(shape)))
         return y.astype(x.dtype)
-
-    return layer(kind, name, init, apply,
-                 config={"eps": eps, "elementwise_affine": affine})

@@ -1,9 +1,9 @@
 """Runs of identical layers under ``lax.scan``: one compiled body instead of one per layer.
 
 ``Serial(..., scan=True)`` (or ``scan=k``: stretches of at least ``k``)
-groups consecutive children that are copies of one layer (same kind and
-hyper-parameters, recursively, and parameter and state trees of the same
-shapes) and that keep the input's shape, as the repeated residual blocks of
+groups consecutive children that are copies of one layer (equal layers but
+for their names: same type and fields, recursively, callables compared by
+identity; and parameter and state trees of the same shapes) and that keep the input's shape, as the repeated residual blocks of
 a ResNet stage do. Each group runs as one ``lax.scan``
 over the children's parameters, stacked along a new leading axis at call
 time, so XLA traces and compiles the block once. The parameter and state
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ._errors import ConfigError
-from ._layer import Layer, child_entry, put
+from ._layer import child_entry, equal_except_name, put
 
 # scan=True: stretches of fewer copies compiled faster unrolled (ResNet-50's
 # runs of 2-5 blocks took 1.5x longer scanned; ResNet-101/152's runs of 22/35
@@ -38,34 +38,24 @@ def min_run(scan, where: str) -> int:
                       f"of identical layers to scan); got scan={scan!r}")
 
 
-def signature(layer: Layer):
-    """A hashable description of a layer's structure, without its own name.
-
-    Two layers with equal signatures were built by the same constructor with
-    the same arguments (children included), so one layer's ``apply`` computes
-    the other's with the other's parameters.
-    """
-    cfg = tuple(sorted((k, repr(v)) for k, v in layer.config.items()))
-    kids = tuple((n, signature(c)) for n, c in layer.children)
-    return (layer.kind, cfg, kids, layer.stateful)
-
-
 def _shapes(tree):
     return jax.tree_util.tree_structure(tree), [(jnp.shape(a), jnp.result_type(a))
                                                for a in jax.tree_util.tree_leaves(tree)]
 
 
-def stretch(children, sigs, params, state, i: int) -> int:
+def stretch(children, params, state, i: int) -> int:
     """End (exclusive) of the longest stretch of copies of ``children[i]`` starting at ``i``.
 
-    Copies have equal signatures (``sigs``, one per child) and parameter and
-    state trees of the same shapes (a ResNet stage's first block, with its
+    Copies are equal layers but for their names (same type and fields, so the
+    same computation; callables in fields compare by identity) with parameter
+    and state trees of the same shapes (a ResNet stage's first block, with its
     projection shortcut, is not a copy of the next ones).
     """
-    entry = lambda tree, j: tree.get(children[j][0], {}) if isinstance(tree, Mapping) else {}  # noqa: E731
+    entry = lambda tree, j: (tree.get(children[j].name, {})  # noqa: E731
+                             if isinstance(tree, Mapping) else {})
     first = _shapes((entry(params, i), entry(state, i)))
     j = i + 1
-    while (j < len(children) and sigs[j] == sigs[i]
+    while (j < len(children) and equal_except_name(children[j], children[i])
            and _shapes((entry(params, j), entry(state, j))) == first):
         j += 1
     return j
@@ -75,21 +65,21 @@ def apply_run(children, params_tree, state_tree, x, keys, *, train, owner):
     """Apply ``children`` in order as one ``lax.scan``; returns ``(y, new_state_entries)``.
 
     Args:
-      children: ``[(name, layer), ...]``, copies of one layer (see :func:`stretch`).
+      children: layers that are copies of one another (see :func:`stretch`).
       params_tree, state_tree: the parent's dicts (keyed by child name).
       x: the input of the first child.
       keys: one key (or None) per child.
       train: the mode.
-      owner: the parent's kind, for error messages.
+      owner: the parent layer, for error messages.
 
     Returns:
       ``(y, {name: new_state})``, or ``None`` when the layer changes the
       shape of its input (then it cannot be the body of a scan).
     """
-    names = [n for n, _ in children]
+    names = [c.name for c in children]
     ps = [child_entry(params_tree, n, owner) for n in names]
     ss = [child_entry(state_tree, n, owner, "state") for n in names]
-    layer0 = children[0][1]
+    layer0 = children[0]
     out, _ = jax.eval_shape(lambda p, s, x, k: layer0.apply_with_state(p, s, x, key=k, train=train),
                             ps[0], ss[0], x, keys[0])
     if _shapes(out) != _shapes(x):  # the carry of a scan keeps its shape

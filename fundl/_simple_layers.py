@@ -1,17 +1,19 @@
-"""Parameter-free elementwise and reshaping layers: Flatten, Identity, Dropout, activations.
+"""Parameter-free layers: Flatten, Reshape, Identity, Lambda, Dropout and the activations.
 
-Data layout: channels last, ``x: [N, *spatial, C]`` (NHWC in 2-d); apart
-from Flatten (``[N, ...] -> [N, prod(...)]``, row-major over that layout)
-every layer here maps any shape to the same shape. Activations follow
-``torch.nn`` (``ReLU``, ``LeakyReLU``, ``ELU``, ``GELU``, ``Sigmoid``,
-``Tanh``, ``Softplus``, ``Softmax``, ``LogSoftmax``) and call the ops in
-:mod:`fundl._activations`; hyper-parameters are validated at construction
-(ConfigError naming the layer, the argument and the value).
+Data layout: channels last, ``x: [N, *spatial, C]`` (NHWC in 2-d). Flatten
+(``[N, ...] -> [N, prod(...)]``, row-major over that layout) and Reshape
+change the shape; every other layer here maps any shape to the same shape
+(:class:`Elementwise`). Activations follow ``torch.nn`` (``ReLU``,
+``LeakyReLU``, ``ELU``, ``GELU``, ``Sigmoid``, ``Tanh``, ``Softplus``,
+``Softmax``, ``LogSoftmax``) and call the ops in :mod:`fundl._activations`;
+hyper-parameters are validated at construction (ConfigError naming the
+layer, the argument and the value).
 """
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 import jax  # noqa: F401  (the doctest examples use jax.random)
 import jax.numpy as jnp
@@ -19,18 +21,18 @@ import jax.numpy as jnp
 from . import _activations as _act
 from ._checks import min_rank
 from ._errors import ConfigError, ShapeError
-from ._layer import Layer, label, layer
-from ._util import check_name, check_number, is_int
+from ._layer import Layer
+from ._util import check_number, is_int
 
 __all__ = [
-    "ELU", "Dropout", "Flatten", "GELU", "Identity", "LeakyReLU", "LogSoftmax", "ReLU", "Sigmoid",
-    "Softmax", "Softplus", "Tanh",
+    "ELU", "Dropout", "Elementwise", "Flatten", "GELU", "Identity", "Lambda", "LeakyReLU",
+    "LogSoftmax", "ReLU", "Reshape", "Sigmoid", "Softmax", "Softplus", "Tanh",
 ]
 
 
-# -- reshaping, identity, dropout ------------------------------------------
+# -- reshaping --------------------------------------------------------------------------
 
-def Flatten(*, name: str | None = None) -> Layer:
+class Flatten(Layer):
     """Flatten all axes after the batch: ``[N, d1, ..., dk] -> [N, d1 * ... * dk]``.
 
     Order is row-major over the channels-last layout, i.e. ``x.reshape(N, -1)``
@@ -44,38 +46,141 @@ def Flatten(*, name: str | None = None) -> Layer:
       >>> Flatten().init(jax.random.key(0), (8, 4, 4, 64))[0]
       (8, 1024)
     """
-    kind = "Flatten"
-    name = check_name(kind, name, "flatten")
-    layout = "[N, ...] with at least 2 axes"
 
-    def init(key, input_shape):
-        min_rank(label(kind), input_shape, 2, layout)
+    _LAYOUT = "[N, ...] with at least 2 axes"
+
+    def build(self, key, input_shape):
+        min_rank(self.label(), input_shape, 2, self._LAYOUT)
         return (input_shape[0], math.prod(input_shape[1:])), {}
 
-    def apply(params, x, *, key, train):
+    def forward(self, params, x, *, key, train):
         shape = jnp.shape(x)
-        min_rank(label(kind), shape, 2, layout)
+        min_rank(self.label(), shape, 2, self._LAYOUT)
         return jnp.reshape(x, (shape[0], math.prod(shape[1:])))
 
-    return layer(kind, name, init, apply)
 
-
-def Identity(*, name: str | None = None) -> Layer:
-    """Return the input unchanged (any shape).
+class Reshape(Layer):
+    """Reshape every example: ``[N, *dims] -> [N, *shape]`` (``torch.nn.Unflatten`` /
+    ``x.view(N, *shape)``), row-major, the batch axis kept.
 
     Args:
-      name: parameter key (default ``'identity'``).
+      shape: the per-example shape; one entry may be ``-1`` (inferred).
+      name: parameter key (default ``'reshape'``).
+
+    Example:
+      >>> Reshape((7, 7, 16)).init(jax.random.key(0), (8, 784))[0]
+      (8, 7, 7, 16)
+    """
+
+    shape: tuple
+
+    def __post_init__(self):
+        super().__post_init__()
+        shape = self.shape
+        if is_int(shape):
+            shape = (shape,)
+        if (not isinstance(shape, (tuple, list)) or not shape
+                or not all(is_int(d) and (d >= 1 or d == -1) for d in shape)
+                or list(shape).count(-1) > 1):
+            raise ConfigError(f"{self.where()}: shape must be a tuple of positive ints, one of "
+                              f"them may be -1; got shape={self.shape!r}")
+        self._set(shape=tuple(int(d) for d in shape))
+
+    def _target(self, in_shape):
+        size = math.prod(in_shape[1:])
+        known = math.prod(d for d in self.shape if d != -1)
+        out = tuple(size // known if d == -1 else d for d in self.shape)
+        if math.prod(out) != size or (-1 in self.shape and size % known):
+            raise ShapeError(f"{self.label()}: cannot reshape an example of shape "
+                             f"{tuple(in_shape[1:])} ({size} values) to {self.shape}; got "
+                             f"input shape {tuple(in_shape)}")
+        return (in_shape[0], *out)
+
+    def build(self, key, input_shape):
+        min_rank(self.label(), input_shape, 1, "[N, ...]")
+        return self._target(input_shape), {}
+
+    def forward(self, params, x, *, key, train):
+        return jnp.reshape(x, self._target(jnp.shape(x)))
+
+
+# -- shape-preserving layers ------------------------------------------------------------
+
+class Elementwise(Layer):
+    """Base of the parameter-free layers that keep the input's shape: ``y = fn(x)``.
+
+    Subclasses implement ``fn(x)``; :func:`fundl.models.convolutionize` treats
+    them as acting on each position's channel vector alone.
+    """
+
+    def fn(self, x):
+        raise NotImplementedError
+
+    def check(self, shape) -> None:
+        """Raise a ShapeError if ``fn`` cannot take an input of this shape."""
+
+    def build(self, key, input_shape):
+        self.check(input_shape)
+        return input_shape, {}
+
+    def forward(self, params, x, *, key, train):
+        self.check(jnp.shape(x))
+        return self.fn(x)
+
+
+class Identity(Elementwise):
+    """Return the input unchanged (any shape).
 
     Example:
       >>> Identity().init(jax.random.key(0), (8, 3))[0]
       (8, 3)
     """
-    return layer("Identity", check_name("Identity", name, "identity"),
-                 lambda key, shape: (shape, {}),
-                 lambda params, x, *, key, train: x)
+
+    def fn(self, x):
+        return x
 
 
-def Dropout(rate: float, *, name: str | None = None) -> Layer:
+class Lambda(Elementwise):
+    """A parameter-free function as a layer: ``y = fn(x)``, the shape kept.
+
+    Use it for elementwise functions (``Lambda(jax.nn.silu)``); a function that
+    changes the shape is an error at ``init`` (write a :class:`Layer` instead).
+    Two Lambdas are equal when they hold the same function object.
+
+    Args:
+      fn: ``x -> y`` with ``y.shape == x.shape``; called with the input array.
+      name: parameter key (default the function's name, else ``'lambda'``).
+
+    Example:
+      >>> Lambda(jax.nn.silu).name, Lambda(jax.nn.silu).init(jax.random.key(0), (2, 3))[0]
+      ('silu', (2, 3))
+    """
+
+    function: Callable
+
+    def __post_init__(self):
+        if not callable(self.function) or isinstance(self.function, Layer):
+            raise ConfigError(f"Lambda: fn must be a function x -> y (e.g. jax.nn.silu); got "
+                              f"{self.function!r}")
+        if self.name is None:
+            fname = getattr(self.function, "__name__", "")
+            self._set(name=fname if fname.isidentifier() else "lambda")
+        super().__post_init__()
+
+    def fn(self, x):
+        return self.function(x)
+
+    def build(self, key, input_shape):
+        out = jax.eval_shape(self.function, jax.ShapeDtypeStruct(input_shape, jnp.float32))
+        if getattr(out, "shape", None) != tuple(input_shape):
+            got = getattr(out, "shape", type(out).__name__)
+            raise ShapeError(f"{self.label()}: fn must keep the input's shape; it maps "
+                             f"{tuple(input_shape)} to {got}. Use Reshape, or write a Layer")
+        return input_shape, {}
+
+
+
+class Dropout(Elementwise):
     """Randomly zero elements with probability ``rate``, scaling the rest by ``1/(1-rate)``.
 
     Active only when ``apply(..., train=True, key=key)``; with ``train=False``
@@ -96,82 +201,81 @@ def Dropout(rate: float, *, name: str | None = None) -> Layer:
       >>> sorted(set(y.ravel().tolist())) in ([0.0, 2.0], [2.0], [0.0])
       True
     """
-    kind = "Dropout"
-    name = check_name(kind, name, "dropout")
-    where = f"{kind} '{name}'"
-    if (isinstance(rate, bool) or not isinstance(rate, numbers.Real)
-            or not 0.0 <= rate < 1.0):
-        raise ConfigError(f"{where}: rate (probability of dropping) must be a number in "
-                          f"[0, 1); got rate={rate!r}")
-    rate = float(rate)
 
-    def apply(params, x, *, key, train):
-        if not train or rate == 0.0:
+    rate: float
+
+    def __post_init__(self):
+        super().__post_init__()
+        rate = self.rate
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
+            raise ConfigError(f"{self.where()}: rate (probability of dropping) must be a number "
+                              f"in [0, 1); got rate={rate!r}")
+        self._set(rate=float(rate))
+
+    def forward(self, params, x, *, key, train):
+        if not train or self.rate == 0.0:
             return x
         if key is None:
-            raise ConfigError(f"{label(kind)}: train=True needs a random key; pass "
+            raise ConfigError(f"{self.label()}: train=True needs a random key; pass "
                               "key=jax.random.key(...) to apply (or train=False to evaluate)")
-        return _act.dropout(x, rate, key=key, train=True)
-
-    return layer(kind, name, lambda key, shape: (shape, {}), apply, config={"rate": rate})
+        return _act.dropout(x, self.rate, key=key, train=True)
 
 
-# -- activations ---------------------------------------------------------------
+# -- activations ----------------------------------------------------------------------
 
-def _activation(kind, name, fn, config=None, check=None):
-    """Elementwise (shape-preserving) layer ``y = fn(x)``; ``name`` already validated."""
-
-    def init(key, input_shape):
-        if check is not None:
-            check(label(kind), input_shape)
-        return input_shape, {}
-
-    def apply(params, x, *, key, train):
-        if check is not None:
-            check(label(kind), jnp.shape(x))
-        return fn(x)
-
-    return layer(kind, name, init, apply, config=config)
-
-
-def ReLU(*, name: str | None = None) -> Layer:
+class ReLU(Elementwise):
     """``max(x, 0)`` (``torch.nn.ReLU``). Shapes: any -> same.
 
     Example:
       >>> ReLU().apply({}, jnp.array([-1.0, 2.0]))
       Array([0., 2.], dtype=float32)
     """
-    return _activation("ReLU", check_name("ReLU", name, "relu"), _act.relu)
+
+    default_name = "relu"
+
+    def fn(self, x):
+        return _act.relu(x)
 
 
-def LeakyReLU(negative_slope: float = 0.01, *, name: str | None = None) -> Layer:
+class LeakyReLU(Elementwise):
     """``x if x >= 0 else negative_slope * x`` (``torch.nn.LeakyReLU``). Shapes: any -> same.
 
     Example:
       >>> LeakyReLU(0.1).apply({}, jnp.array([-1.0, 2.0]))
       Array([-0.1,  2. ], dtype=float32)
     """
-    kind = "LeakyReLU"
-    name = check_name(kind, name, "leaky_relu")
-    slope = check_number(negative_slope, "negative_slope", f"{kind} '{name}'")
-    return _activation(kind, name, lambda x: _act.leaky_relu(x, negative_slope=slope),
-                       {"negative_slope": slope})
+
+    negative_slope: float = 0.01
+    default_name = "leaky_relu"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._set(negative_slope=check_number(self.negative_slope, "negative_slope", self.where()))
+
+    def fn(self, x):
+        return _act.leaky_relu(x, negative_slope=self.negative_slope)
 
 
-def ELU(alpha: float = 1.0, *, name: str | None = None) -> Layer:
+class ELU(Elementwise):
     """``x if x > 0 else alpha * (exp(x) - 1)`` (``torch.nn.ELU``). Shapes: any -> same.
 
     Example:
       >>> ELU().init(jax.random.key(0), (2, 3))[0]
       (2, 3)
     """
-    kind = "ELU"
-    name = check_name(kind, name, "elu")
-    alpha = check_number(alpha, "alpha", f"{kind} '{name}'")
-    return _activation(kind, name, lambda x: _act.elu(x, alpha=alpha), {"alpha": alpha})
+
+    alpha: float = 1.0
+    default_name = "elu"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._set(alpha=check_number(self.alpha, "alpha", self.where()))
+
+    def fn(self, x):
+        return _act.elu(x, alpha=self.alpha)
 
 
-def GELU(approximate: str = "none", *, name: str | None = None) -> Layer:
+class GELU(Elementwise):
     """Gaussian error linear unit (``torch.nn.GELU``); ``approximate='tanh'`` for the tanh form.
 
     Shapes: any -> same.
@@ -180,36 +284,45 @@ def GELU(approximate: str = "none", *, name: str | None = None) -> Layer:
       >>> GELU(approximate='tanh').init(jax.random.key(0), (2, 3))[0]
       (2, 3)
     """
-    kind = "GELU"
-    name = check_name(kind, name, "gelu")
-    if approximate not in ("none", "tanh"):
-        raise ConfigError(f"{kind} '{name}': approximate must be 'none' or 'tanh'; "
-                          f"got approximate={approximate!r}")
-    return _activation(kind, name, lambda x: _act.gelu(x, approximate=approximate),
-                       {"approximate": approximate})
+
+    approximate: str = "none"
+    default_name = "gelu"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.approximate not in ("none", "tanh"):
+            raise ConfigError(f"{self.where()}: approximate must be 'none' or 'tanh'; "
+                              f"got approximate={self.approximate!r}")
+
+    def fn(self, x):
+        return _act.gelu(x, approximate=self.approximate)
 
 
-def Sigmoid(*, name: str | None = None) -> Layer:
+class Sigmoid(Elementwise):
     """``1 / (1 + exp(-x))`` (``torch.nn.Sigmoid``). Shapes: any -> same.
 
     Example:
       >>> Sigmoid().apply({}, jnp.zeros(2))
       Array([0.5, 0.5], dtype=float32)
     """
-    return _activation("Sigmoid", check_name("Sigmoid", name, "sigmoid"), _act.sigmoid)
+
+    def fn(self, x):
+        return _act.sigmoid(x)
 
 
-def Tanh(*, name: str | None = None) -> Layer:
+class Tanh(Elementwise):
     """Hyperbolic tangent (``torch.nn.Tanh``). Shapes: any -> same.
 
     Example:
       >>> Tanh().apply({}, jnp.zeros(2))
       Array([0., 0.], dtype=float32)
     """
-    return _activation("Tanh", check_name("Tanh", name, "tanh"), _act.tanh)
+
+    def fn(self, x):
+        return _act.tanh(x)
 
 
-def Softplus(beta: float = 1, threshold: float = 20, *, name: str | None = None) -> Layer:
+class Softplus(Elementwise):
     """``log(1 + exp(beta * x)) / beta`` (``torch.nn.Softplus``).
 
     Linear (``y = x``) where ``beta * x > threshold``, for numerical stability.
@@ -220,42 +333,52 @@ def Softplus(beta: float = 1, threshold: float = 20, *, name: str | None = None)
       >>> Softplus(beta=2).init(jax.random.key(0), (2, 3))[0]
       (2, 3)
     """
-    kind = "Softplus"
-    name = check_name(kind, name, "softplus")
-    where = f"{kind} '{name}'"
-    beta = check_number(beta, "beta", where)
-    threshold = check_number(threshold, "threshold", where)
-    if beta <= 0:
-        raise ConfigError(f"{where}: beta must be > 0; got beta={beta!r}")
-    return _activation(kind, name, lambda x: _act.softplus(x, beta=beta, threshold=threshold),
-                       {"beta": beta, "threshold": threshold})
+
+    beta: float = 1.0
+    threshold: float = 20.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        beta = check_number(self.beta, "beta", self.where())
+        threshold = check_number(self.threshold, "threshold", self.where())
+        if beta <= 0:
+            raise ConfigError(f"{self.where()}: beta must be > 0; got beta={beta!r}")
+        self._set(beta=beta, threshold=threshold)
+
+    def fn(self, x):
+        return _act.softplus(x, beta=self.beta, threshold=self.threshold)
 
 
-def _axis_layer(kind, name, default, axis, fn):
-    name = check_name(kind, name, default)
-    if not is_int(axis):
-        raise ConfigError(f"{kind} '{name}': axis must be an int; got axis={axis!r}")
-    axis = int(axis)
+class _AxisActivation(Elementwise):
+    """An activation along one axis (Softmax, LogSoftmax)."""
 
-    def check(lab, shape):
-        if not -len(shape) <= axis < len(shape):
-            raise ShapeError(f"{lab}: axis={axis} is out of range for input shape "
+    axis: int = -1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not is_int(self.axis):
+            raise ConfigError(f"{self.where()}: axis must be an int; got axis={self.axis!r}")
+        self._set(axis=int(self.axis))
+
+    def check(self, shape) -> None:
+        if not -len(shape) <= self.axis < len(shape):
+            raise ShapeError(f"{self.label()}: axis={self.axis} is out of range for input shape "
                              f"{tuple(shape)} (rank {len(shape)})")
 
-    return _activation(kind, name, lambda x: fn(x, axis=axis), {"axis": axis}, check)
 
-
-def Softmax(axis: int = -1, *, name: str | None = None) -> Layer:
+class Softmax(_AxisActivation):
     """``exp(x) / sum(exp(x), axis)`` (``torch.nn.Softmax(dim=axis)``). Shapes: any -> same.
 
     Example:
       >>> Softmax().apply({}, jnp.zeros((1, 4)))
       Array([[0.25, 0.25, 0.25, 0.25]], dtype=float32)
     """
-    return _axis_layer("Softmax", name, "softmax", axis, _act.softmax)
+
+    def fn(self, x):
+        return _act.softmax(x, axis=self.axis)
 
 
-def LogSoftmax(axis: int = -1, *, name: str | None = None) -> Layer:
+class LogSoftmax(_AxisActivation):
     """``log(softmax(x, axis))``, computed stably (``torch.nn.LogSoftmax(dim=axis)``).
 
     Shapes: any -> same.
@@ -264,4 +387,6 @@ def LogSoftmax(axis: int = -1, *, name: str | None = None) -> Layer:
       >>> LogSoftmax().init(jax.random.key(0), (8, 10))[0]
       (8, 10)
     """
-    return _axis_layer("LogSoftmax", name, "log_softmax", axis, _act.log_softmax)
+
+    def fn(self, x):
+        return _act.log_softmax(x, axis=self.axis)

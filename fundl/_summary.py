@@ -2,7 +2,10 @@
 
 Computed from shapes alone: ``init`` runs under ``jax.eval_shape``, so no
 parameter array is materialised and nothing is run (a VGG-16 summary costs no
-memory). Each leaf layer records a row as it is initialised.
+memory). Every layer records its own parameters and MACs as it is
+initialised (those of the layers it initialises inside are theirs), so each
+is counted once; the table shows the leaves and any composite that has
+parameters or MACs of its own.
 """
 from __future__ import annotations
 
@@ -10,15 +13,17 @@ from typing import NamedTuple
 
 import jax
 
-from ._layer import _RECORDER, Layer, Row
+from . import _context
 from ._errors import ConfigError
+from ._layer import Layer, Recorder
 
 
 class Summary(NamedTuple):
     """The result of :func:`summary`; ``str(s)`` is the table.
 
     Attributes:
-      rows: one :class:`Row` per use of a leaf layer, in execution order.
+      rows: one :class:`~fundl._layer.Row` per use of a leaf layer (and per composite
+        with parameters or MACs of its own), in the order their ``init`` finished.
       input_shape: the shape given (batch included).
       output_shape: the model's output shape.
       total_params: parameters of the model (shared parameters counted once).
@@ -33,7 +38,7 @@ class Summary(NamedTuple):
 
     def __str__(self):
         head = ("layer", "type", "output shape", "params", "MACs")
-        body = [(r.path, r.kind, str(r.output_shape),
+        body = [(r.path, r.type_name, str(r.output_shape),
                  "shared" if r.shared else f"{r.params:,}", f"{r.macs:,}") for r in self.rows]
         widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
                   for i, h in enumerate(head)]
@@ -72,19 +77,18 @@ def summary(model: Layer, input_shape) -> Summary:
     """
     if not isinstance(model, Layer):
         raise ConfigError(f"summary: model must be a fundl Layer; got {type(model).__name__}")
-    rows, box = [], {}
+    rec, box = Recorder(), {}
 
     def init(key):
         box["out"], params, _ = model.init_with_state(key, input_shape)
         return params
 
-    token = _RECORDER.set(rows)
-    try:
+    with _context.using(recorder=rec, path=(), shared=False):
         params = jax.eval_shape(init, jax.random.key(0))
-    finally:
-        _RECORDER.reset(token)
     total = sum(int(_numel(p.shape)) for p in jax.tree_util.tree_leaves(params))
-    return Summary(tuple(rows), tuple(input_shape), box["out"], total, sum(r.macs for r in rows))
+    rows = tuple(r for r, kids in zip(rec.rows, rec.has_children)
+                 if not kids or r.params or r.macs)
+    return Summary(rows, tuple(input_shape), box["out"], total, sum(r.macs for r in rec.rows))
 
 
 def _numel(shape):

@@ -17,12 +17,10 @@ Loops and conditionals (``scan``, ``while``, ``cond``) stay single nodes.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -124,49 +122,6 @@ class Dag(NamedTuple):
 
 # -- tracing ---------------------------------------------------------------------------
 
-_PATCH_LOCK = threading.RLock()
-
-
-@contextlib.contextmanager
-def _layer_name_scopes():
-    """Trace fundl layers under ``jax.named_scope(layer.name)``, only while tracing for viz.
-
-    ``Layer.apply_with_state`` enters ``fundl._layer._scope(name)`` (the path
-    used in error messages); wrapping it here also pushes the name onto JAX's
-    name stack, which the jaxpr records per equation. fundl's own code is not
-    changed; if ``_scope`` itself pushes named scopes one day, delete this.
-    """
-    from . import _layer
-
-    with _PATCH_LOCK:
-        orig = _layer._scope
-        if getattr(orig, "_fundl_viz", False) or _pushes_named_scope(orig):
-            yield  # nested trace (already patched), or fundl names its scopes itself
-            return
-
-        @contextlib.contextmanager
-        def scope(name):
-            with orig(name) as path, jax.named_scope(name):
-                yield path
-
-        scope._fundl_viz = True
-        _layer._scope = scope
-        try:
-            yield
-        finally:
-            _layer._scope = orig
-
-
-def _pushes_named_scope(scope) -> bool:
-    """Whether ``scope(name)`` already puts ``name`` on JAX's name stack."""
-    def probe(x):
-        with scope("fundl_viz_probe"):
-            return x + 1
-
-    eqns = jax.make_jaxpr(probe)(0.0).jaxpr.eqns
-    return any("fundl_viz_probe" in str(e.source_info.name_stack) for e in eqns)
-
-
 def _arg_names(fn, n: int) -> list:
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -248,10 +203,11 @@ class _Lit(NamedTuple):
 
 
 class _Builder:
-    def __init__(self, max_depth):
+    def __init__(self, max_depth, scopes=True):
         self.nodes, self.edges, self.clusters = [], [], []
         self.index = {}  # (parent, key) -> cluster id
         self.max_depth = max_depth
+        self.scopes = scopes  # draw name-stack scopes (fundl layers) as clusters
 
     def add_node(self, kind, op, label, shapes, cluster, backward):
         nid = f"n{len(self.nodes)}"
@@ -281,6 +237,7 @@ class _Builder:
     def walk(self, jaxpr, env, base, backward_in, depth):
         for eqn in jaxpr.eqns:
             names, bw = _scopes(eqn)
+            names = names if self.scopes else []
             backward = backward_in or bw
             cluster = self.scope_cluster(base, names, backward) if names else base
             ins = [self.read(env, v) for v in eqn.invars]
@@ -340,8 +297,9 @@ def trace(fn: Callable, *args, grad: bool = False, argnums: int = 0, expand: boo
       expand: draw the insides of ``jit`` / ``custom_jvp`` / ``custom_vjp`` /
         ``checkpoint`` calls as clusters; ``False`` keeps each call one node;
         an int limits the nesting depth.
-      layer_names: trace fundl layers under ``jax.named_scope(layer.name)`` so
-        their names appear as clusters.
+      layer_names: draw the name-stack scopes as clusters (fundl layers apply
+        under ``jax.named_scope(layer.name)``, so a model's layer tree shows);
+        ``False`` draws no scope clusters.
       prune: leave out operations whose results reach no output (e.g. the
         loss value itself in a gradient graph).
 
@@ -370,11 +328,9 @@ def trace(fn: Callable, *args, grad: bool = False, argnums: int = 0, expand: boo
                              f"{getattr(out, 'shape', type(out).__name__)}. Wrap it, e.g. "
                              "lambda params, x: jnp.sum(model.apply(params, x))")
     target = jax.grad(fn, argnums=argnums) if grad else fn
-    ctx = _layer_name_scopes() if layer_names else contextlib.nullcontext()
-    with ctx:
-        closed, out_shape = jax.make_jaxpr(target, return_shape=True)(*args)
+    closed, out_shape = jax.make_jaxpr(target, return_shape=True)(*args)
 
-    b = _Builder(depth)
+    b = _Builder(depth, scopes=layer_names)
     env = {}
     in_paths = [p for name, a in zip(names, args) for p in _leaf_paths(name, a)]
     for v, path in zip(closed.jaxpr.invars, in_paths):

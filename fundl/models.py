@@ -24,9 +24,10 @@ train=...)`` returns ``(y, new_state)``.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ from . import _scan
 from . import layers as L
 from ._blocks import resnet_conv_init
 from ._errors import ConfigError, ShapeError
-from ._layer import Layer, layer
+from ._layer import Layer
 
 __all__ = [
     "mlp", "convnet_mnist", "lenet5", "alexnet",
@@ -50,7 +51,7 @@ __all__ = [
 
 _ACTIVATIONS = {"relu": L.ReLU, "tanh": L.Tanh, "sigmoid": L.Sigmoid, "gelu": L.GELU,
                 "elu": L.ELU, "leaky_relu": L.LeakyReLU, "softplus": L.Softplus}
-# jax functions with an exact Layer twin (a named kind reads better in summaries).
+# jax functions with an exact Layer twin (a named type reads better in summaries).
 _FUNCTION_LAYERS = {jax.nn.relu: L.ReLU, jnp.tanh: L.Tanh, jax.nn.sigmoid: L.Sigmoid}
 
 
@@ -58,7 +59,8 @@ def _activation(act, where: str) -> Callable[[], Layer] | None:
     """A zero-argument factory of activation layers, from any accepted spelling.
 
     ``act`` may be ``None``, a name (``'relu'``), a :class:`Layer`, a layer
-    factory (``L.ReLU``) or an elementwise function (``jax.nn.relu``).
+    class (``L.ReLU``) or an elementwise function (``jax.nn.relu``, which
+    becomes a :class:`~fundl.layers.Lambda`).
     """
     if act is None:
         return None
@@ -67,10 +69,12 @@ def _activation(act, where: str) -> Callable[[], Layer] | None:
     if isinstance(act, str):
         if act not in _ACTIVATIONS:
             raise ConfigError(f"{where}: activation must be one of {sorted(_ACTIVATIONS)}, a Layer, "
-                              f"a Layer factory or a function; got {act!r}")
+                              f"a Layer class or a function; got {act!r}")
         return _ACTIVATIONS[act]
+    if isinstance(act, type) and issubclass(act, Layer):
+        return act
     if not callable(act):
-        raise ConfigError(f"{where}: activation must be a name, a Layer, a Layer factory (e.g. "
+        raise ConfigError(f"{where}: activation must be a name, a Layer, a Layer class (e.g. "
                           f"fundl.layers.ReLU) or an elementwise function (e.g. jax.nn.relu); "
                           f"got {act!r}")
     try:
@@ -78,18 +82,13 @@ def _activation(act, where: str) -> Callable[[], Layer] | None:
             return _FUNCTION_LAYERS[act]
     except TypeError:  # unhashable callable
         pass
-    # A Layer factory builds a Layer when called without arguments; an
-    # elementwise function needs its input and raises TypeError.
+    # A Layer factory (e.g. functools.partial(L.LeakyReLU, 0.2)) builds a Layer when
+    # called without arguments; an elementwise function needs its input.
     try:
         probe = act()
     except TypeError:
         probe = None
-    if isinstance(probe, Layer):
-        return act
-    fname = getattr(act, "__name__", "activation")
-    fname = fname if fname.isidentifier() else "activation"
-    return lambda: layer("Activation", fname, lambda key, shape: (shape, {}),
-                         lambda params, x, *, key, train: act(x), config={"fn": fname})
+    return act if isinstance(probe, Layer) else (lambda: L.Lambda(act))
 
 
 def _check_int(where: str, **values):
@@ -170,8 +169,8 @@ def convnet_mnist(num_classes: int = 10, *, name: str = "convnet_mnist") -> Laye
     """
     _check_int(f"convnet_mnist '{name}'", num_classes=num_classes)
     return L.Serial(
-        L.Conv(32, 5, name="conv1"), L.MaxPool(3, name="pool1"), L.ReLU(name="relu1"),
-        L.Conv(64, 5, name="conv2"), L.MaxPool(2, name="pool2"), L.ReLU(name="relu2"),
+        L.Conv(32, (5, 5), name="conv1"), L.MaxPool(3, name="pool1"), L.ReLU(name="relu1"),
+        L.Conv(64, (5, 5), name="conv2"), L.MaxPool(2, name="pool2"), L.ReLU(name="relu2"),
         L.Flatten(),
         L.Dense(200, name="fc1"), L.ReLU(name="relu3"),
         L.Dense(num_classes, name="fc2"),
@@ -206,8 +205,8 @@ def lenet5(num_classes: int = 10, *, activation="tanh", name: str = "lenet5") ->
     if act is None:
         raise ConfigError(f"{where}: activation must not be None")
     return L.Serial(
-        L.Conv(6, 5, padding=2, name="conv1"), act(), L.AvgPool(2, name="pool1"),
-        L.Conv(16, 5, name="conv2"), act(), L.AvgPool(2, name="pool2"),
+        L.Conv(6, (5, 5), padding=2, name="conv1"), act(), L.AvgPool(2, name="pool1"),
+        L.Conv(16, (5, 5), name="conv2"), act(), L.AvgPool(2, name="pool2"),
         L.Flatten(),
         L.Dense(120, name="fc1"), act(),
         L.Dense(84, name="fc2"), act(),
@@ -254,11 +253,12 @@ def alexnet(num_classes: int = 1000, *, dropout: float = 0.5, name: str = "alexn
     _check_int(where, num_classes=num_classes)
     rate = _check_rate(where, dropout)
     features = L.Serial(
-        L.Conv(64, 11, stride=4, padding=2, name="conv1"), L.ReLU(), L.MaxPool(3, 2, name="pool"),
-        L.Conv(192, 5, padding=2, name="conv2"), L.ReLU(), L.MaxPool(3, 2, name="pool"),
-        L.Conv(384, 3, padding=1, name="conv3"), L.ReLU(),
-        L.Conv(256, 3, padding=1, name="conv4"), L.ReLU(),
-        L.Conv(256, 3, padding=1, name="conv5"), L.ReLU(), L.MaxPool(3, 2, name="pool"),
+        L.Conv(64, (11, 11), stride=4, padding=2, name="conv1"), L.ReLU(),
+        L.MaxPool(3, 2, name="pool"),
+        L.Conv(192, (5, 5), padding=2, name="conv2"), L.ReLU(), L.MaxPool(3, 2, name="pool"),
+        L.Conv(384, (3, 3), padding=1, name="conv3"), L.ReLU(),
+        L.Conv(256, (3, 3), padding=1, name="conv4"), L.ReLU(),
+        L.Conv(256, (3, 3), padding=1, name="conv5"), L.ReLU(), L.MaxPool(3, 2, name="pool"),
         name="features")
     return L.Serial(features, L.AdaptiveAvgPool(6, name="avgpool"), L.Flatten(),
                     _classifier(4096, num_classes, rate, dropout_first=True), name=name)
@@ -317,7 +317,7 @@ def vgg(config: str | Sequence, num_classes: int = 1000, *, batch_norm: bool = F
             parts.append(L.MaxPool(2, name="pool"))
             continue
         i += 1
-        parts.append(L.Conv(v, 3, padding=1, w_init=_vgg_conv_init, b_init=initializers.zeros,
+        parts.append(L.Conv(v, (3, 3), padding=1, w_init=_vgg_conv_init, b_init=initializers.zeros,
                             name=f"conv{i}"))
         if batch_norm:
             parts.append(L.BatchNorm(name=f"bn{i}"))
@@ -407,11 +407,11 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
     _check_int(where, num_classes=num_classes, width=width,
                **{f"layers[{i}]": n for i, n in enumerate(layers)})
     if stem == "imagenet":
-        head = [L.Conv(width, 7, stride=2, padding=3, bias=False, w_init=resnet_conv_init,
+        head = [L.Conv(width, (7, 7), stride=2, padding=3, bias=False, w_init=resnet_conv_init,
                        name="conv1"),
                 L.BatchNorm(name="bn1"), L.ReLU(), L.MaxPool(3, 2, 1, name="maxpool")]
     elif stem == "cifar":
-        head = [L.Conv(width, 3, stride=1, padding=1, bias=False, w_init=resnet_conv_init,
+        head = [L.Conv(width, (3, 3), stride=1, padding=1, bias=False, w_init=resnet_conv_init,
                        name="conv1"),
                 L.BatchNorm(name="bn1"), L.ReLU()]
     else:
@@ -462,25 +462,25 @@ resnet152 = _resnet_variant(152, "bottleneck", (3, 8, 36, 3), 60_192_808)
 # -- convolutionize ----------------------------------------------------------------
 
 # Layers that act on each position's channel vector alone (last axis), so they
-# mean the same on [N, F] and on a map [N, H, W, F]. 'Activation' is the
-# kind mlp gives plain functions, assumed elementwise.
-_PER_POSITION = {"ReLU", "LeakyReLU", "ELU", "GELU", "Sigmoid", "Tanh", "Softplus", "Identity",
-                 "Dropout", "Activation", "BatchNorm"}
-_AXIS_KINDS = {"Softmax": L.Softmax, "LogSoftmax": L.LogSoftmax}
-_GLOBAL_POOLS = {"AdaptiveAvgPool", "GlobalAvgPool"}
+# mean the same on [N, F] and on a map [N, H, W, F]. Elementwise layers include
+# the activations, Identity, Dropout and Lambda (whose function is assumed to be
+# elementwise, as mlp's activation functions are).
+_PER_POSITION = (L.Elementwise, L.BatchNorm)
+_AXIS_LAYERS = (L.Softmax, L.LogSoftmax)
+_GLOBAL_POOLS = (L.AdaptiveAvgPool, L.GlobalAvgPool)
 
 
 def _linear_units(lay: Layer, path: tuple):
     """The leaves of nested Serials, in order, as ``(path, layer)``; other layers stay whole."""
-    if lay.kind == "Serial":
-        for n, child in lay.children:
-            yield from _linear_units(child, path + (n,))
+    if isinstance(lay, L.Serial):
+        for child in lay.layers:
+            yield from _linear_units(child, path + (child.name,))
     else:
         yield path, lay
 
 
 def _abstract_init(lay: Layer, shape):
-    """Output shape of ``lay`` on ``shape``, tracing only (no parameter is allocated)."""
+    """Output shape and abstract params of ``lay`` on ``shape`` (nothing is allocated)."""
     box = {}
 
     def f(k):
@@ -491,29 +491,26 @@ def _abstract_init(lay: Layer, shape):
     return box["out"], params
 
 
-def _find_kinds(lay: Layer, kinds, path=()):
-    if lay.kind in kinds:
+def _find(lay: Layer, types, path=()):
+    """``(path, layer)`` for every layer of one of ``types`` in ``lay``'s tree."""
+    if isinstance(lay, types):
         yield path, lay
-    for n, child in lay.children:
-        yield from _find_kinds(child, kinds, path + (n,))
+    for n, child in lay.children():
+        yield from _find(child, types, path + (n,))
 
 
 def _rebuild(lay: Layer, path: tuple, actions: dict):
     """``lay`` with the actions applied (a Layer to substitute, or None to drop)."""
     if path in actions:
         return actions[path]
-    if lay.kind != "Serial":
+    if not isinstance(lay, L.Serial):
         return lay
-    kids, changed = [], False
-    for n, child in lay.children:
-        new = _rebuild(child, path + (n,), actions)
-        changed = changed or new is not child
-        if new is not None:
-            kids.append(new)
-    if not changed:
+    kids = [_rebuild(c, path + (c.name,), actions) for c in lay.layers]
+    if all(new is old for new, old in zip(kids, lay.layers)):
         return lay
     # Children already carry their unique names, so Serial keeps every parameter key.
-    return L.Serial(*kids, name=lay.name) if kids else None
+    kids = tuple(k for k in kids if k is not None)
+    return lay.replace(layers=kids) if kids else None
 
 
 def _update(tree, path, fn, where):
@@ -525,6 +522,134 @@ def _update(tree, path, fn, where):
     out = dict(tree)
     out[path[0]] = _update(tree[path[0]], path[1:], fn, where)
     return out
+
+
+class _Units(NamedTuple):
+    """The Serial chain of a model, flattened: paths, layers and their input shapes."""
+
+    model: Layer
+    input_shape: tuple
+    paths: list
+    layers: list
+    shapes: list
+
+    def at(self, i: int) -> str:
+        """``"Dense 'net/classifier/fc1'"``: unit ``i``, for messages."""
+        return f"{self.layers[i].type_name} '{'/'.join((self.model.name,) + self.paths[i])}'"
+
+
+def _units(model: Layer, input_shape) -> _Units:
+    where = "convolutionize"
+    if not isinstance(model, Layer):
+        raise ConfigError(f"{where}: model must be a fundl Layer; got {type(model).__name__}")
+    if not isinstance(model, L.Serial):
+        raise ConfigError(f"{where}: model must be a Serial ending in a Flatten -> Dense head; "
+                          f"got a {model.type_name}")
+    paths, layers, shapes = [], [], []
+    shape = tuple(input_shape)
+    for path, unit in _linear_units(model, ()):
+        paths.append(path)
+        layers.append(unit)
+        shapes.append(shape)
+        shape, _ = _abstract_init(unit, shape)
+    return _Units(model, tuple(input_shape), paths, layers, shapes)
+
+
+def _head_start(u: _Units) -> int:
+    """Index of the Flatten (or GlobalAvgPool over a 1x1 map) that starts the head."""
+    for i, unit in enumerate(u.layers):
+        s = u.shapes[i]
+        if isinstance(unit, L.Flatten) or (
+                isinstance(unit, L.GlobalAvgPool) and len(s) > 2
+                and all(d == 1 for d in s[1:-1]) and not unit.keepdims):
+            return i
+    chain = " -> ".join(x.type_name for x in u.layers)
+    pools = [f" {u.at(i)} averages its {u.shapes[i][1:-1]} input at input_shape {u.input_shape}, "
+             "which is not an identity, so it cannot be made convolutional."
+             for i, x in enumerate(u.layers) if isinstance(x, L.GlobalAvgPool)]
+    raise ConfigError(f"convolutionize: found no Flatten -> Dense head in {u.model.type_name} "
+                      f"'{u.model.name}' (its chain: {chain}). The head must be a Flatten (or a "
+                      "GlobalAvgPool over a 1x1 map) followed by Dense layers, inside nested "
+                      "Serials." + "".join(pools))
+
+
+def _head_actions(u: _Units, start: int):
+    """What becomes of each head unit: ``(actions, dense_paths)``."""
+    spatial = u.shapes[start][1:-1]
+    if not spatial:
+        raise ConfigError(f"convolutionize: the input of {u.at(start)} has shape "
+                          f"{u.shapes[start]}: no spatial dims, so there is nothing to make "
+                          "convolutional")
+    n = len(spatial)
+    actions, dense_paths = {u.paths[start]: None}, {}
+    for i in range(start + 1, len(u.layers)):
+        path, unit, shape = u.paths[i], u.layers[i], u.shapes[i]
+        if isinstance(unit, L.Dense):
+            first = not dense_paths
+            kernel = tuple(spatial) if first else (1,) * n
+            c_in = u.shapes[start][-1] if first else shape[-1]
+            actions[path] = L.Conv(unit.features, kernel, padding=0, bias=unit.bias,
+                                   w_init=unit.w_init, b_init=unit.b_init, name=unit.name)
+            dense_paths[path] = (kernel, c_in, unit.features)
+        elif isinstance(unit, L.Flatten) and len(shape) == 2:
+            actions[path] = None  # a no-op on [N, F]; it would undo the map
+        elif isinstance(unit, _AXIS_LAYERS) and len(shape) == 2 and unit.axis in (-1, 1):
+            actions[path] = unit.replace(axis=-1)
+        elif not isinstance(unit, _PER_POSITION):
+            raise ConfigError(
+                f"convolutionize: {u.at(i)} sits in the head after {u.at(start)}; only Dense "
+                "layers and per-position layers (elementwise layers such as activations, "
+                "Identity, Dropout, Lambda; BatchNorm; Softmax/LogSoftmax on the last axis) can "
+                "be made convolutional")
+    if not dense_paths:
+        raise ConfigError(f"convolutionize: {u.at(start)} is not followed by a Dense layer; "
+                          "there is no dense head to convert")
+    return actions, dense_paths
+
+
+def _pool_actions(u: _Units, start: int, actions: dict) -> None:
+    """Global pools before the head: drop identities, refuse real averaging."""
+    for i in range(start):
+        path, unit = u.paths[i], u.layers[i]
+        if isinstance(unit, _GLOBAL_POOLS):
+            out, _ = _abstract_init(unit, u.shapes[i])
+            if out != u.shapes[i]:
+                raise ConfigError(
+                    f"convolutionize: {u.at(i)} maps {u.shapes[i]} to {out} at input_shape "
+                    f"{u.input_shape}, so it is not an identity there; on a larger input the "
+                    "converted model could not reproduce it window by window. Use an "
+                    "input_shape at which it is an identity (e.g. 224x224 for VGG/AlexNet) or "
+                    "remove the pool")
+            actions[path] = None
+            continue
+        for sub, pool in _find(unit, _GLOBAL_POOLS):
+            raise ConfigError(
+                f"convolutionize: {pool.type_name} '{'/'.join((u.model.name,) + path + sub)}' "
+                f"inside {u.at(i)} cannot be removed; convolutionize handles global pools only "
+                "in the Serial chain before the head")
+
+
+def _param_converter(model_name: str, dense_paths: dict):
+    def convert_params(params):
+        """Reshape the head's dense weights into conv kernels (other entries unchanged)."""
+        out = params
+        for path, (kernel, c_in, features) in dense_paths.items():
+            def reshape(node, path=path, kernel=kernel, c_in=c_in, features=features):
+                w = node.get("w") if isinstance(node, dict) else None
+                expected = (math.prod(kernel) * c_in, features)
+                if w is None or tuple(w.shape) != expected:
+                    got = tuple(w.shape) if w is not None else node
+                    raise ShapeError(f"convert_params: Dense '{'/'.join((model_name,) + path)}' "
+                                     f"needs w of shape {expected}; got {got}")
+                new = dict(node)
+                new["w"] = (jax.ShapeDtypeStruct((*kernel, c_in, features), w.dtype)
+                            if isinstance(w, jax.ShapeDtypeStruct)
+                            else jnp.reshape(w, (*kernel, c_in, features)))
+                return new
+            out = _update(out, path, reshape, "convert_params")
+        return out
+
+    return convert_params
 
 
 def convolutionize(model: Layer, input_shape):
@@ -578,118 +703,11 @@ def convolutionize(model: Layer, input_shape):
       >>> fcn.apply(convert(params), jnp.zeros((1, 40, 40, 1))).shape
       (1, 3, 3, 10)
     """
-    where = "convolutionize"
-    if not isinstance(model, Layer):
-        raise ConfigError(f"{where}: model must be a fundl Layer; got {type(model).__name__}")
-    if model.kind != "Serial":
-        raise ConfigError(f"{where}: model must be a Serial ending in a Flatten -> Dense head; "
-                          f"got a {model.kind}")
-    units = list(_linear_units(model, ()))
-    shapes = []  # input shape of each unit
-    shape = tuple(input_shape)
-    for path, unit in units:
-        shapes.append(shape)
-        shape, _ = _abstract_init(unit, shape)
-
-    def at(path):
-        return "/".join((model.name,) + path)
-
-    # The head starts at the first Flatten (or a GlobalAvgPool over a 1x1 map).
-    start = None
-    for i, (path, unit) in enumerate(units):
-        s = shapes[i]
-        if unit.kind == "Flatten" or (unit.kind == "GlobalAvgPool" and len(s) > 2
-                                      and all(d == 1 for d in s[1:-1])
-                                      and not unit.config.get("keepdims", False)):
-            start = i
-            break
-    if start is None:
-        kinds = " -> ".join(u.kind for _, u in units)
-        pools = [f" {u.kind} '{at(p)}' averages its {shapes[i][1:-1]} input at input_shape "
-                 f"{tuple(input_shape)}, which is not an identity, so it cannot be made "
-                 "convolutional." for i, (p, u) in enumerate(units) if u.kind == "GlobalAvgPool"]
-        raise ConfigError(f"{where}: found no Flatten -> Dense head in {model.kind} '{model.name}' "
-                          f"(its chain: {kinds}). The head must be a Flatten (or a GlobalAvgPool "
-                          "over a 1x1 map) followed by Dense layers, inside nested Serials."
-                          + "".join(pools))
-    spatial = shapes[start][1:-1]
-    if not spatial:
-        raise ConfigError(f"{where}: the input of {units[start][1].kind} '{at(units[start][0])}' "
-                          f"has shape {shapes[start]}: no spatial dims, so there is nothing to "
-                          "make convolutional")
-    n = len(spatial)
-
-    actions: dict = {units[start][0]: None}
-    dense_paths: dict = {}  # path -> (kernel, in_channels, features)
-    first = True
-    for i in range(start + 1, len(units)):
-        path, unit = units[i]
-        if unit.kind == "Dense":
-            _, p = _abstract_init(unit, shapes[i])
-            features = p["w"].shape[1]
-            kernel = tuple(spatial) if first else (1,) * n
-            c_in = shapes[start][-1] if first else shapes[i][-1]
-            inits = {k: unit.config[k] for k in ("w_init", "b_init") if k in unit.config}
-            actions[path] = L.Conv(features, kernel, padding=0, bias="b" in p, name=unit.name,
-                                   **inits)
-            dense_paths[path] = (kernel, c_in, features)
-            first = False
-        elif unit.kind == "Flatten" and len(shapes[i]) == 2:
-            actions[path] = None  # a no-op on [N, F]; it would undo the map
-        elif unit.kind in _AXIS_KINDS and len(shapes[i]) == 2 \
-                and unit.config.get("axis", -1) in (-1, 1):
-            actions[path] = _AXIS_KINDS[unit.kind](axis=-1, name=unit.name)
-        elif unit.kind not in _PER_POSITION:
-            raise ConfigError(
-                f"{where}: {unit.kind} '{at(path)}' sits in the head after "
-                f"{units[start][1].kind} '{at(units[start][0])}'; only Dense layers and "
-                f"per-position layers ({', '.join(sorted(_PER_POSITION))}, Softmax/LogSoftmax on "
-                "the last axis) can be made convolutional")
-    if first:
-        raise ConfigError(f"{where}: {units[start][1].kind} '{at(units[start][0])}' is not "
-                          "followed by a Dense layer; there is no dense head to convert")
-
-    # Global pools before the head: drop identities, refuse real averaging.
-    for i in range(start):
-        path, unit = units[i]
-        if unit.kind in _GLOBAL_POOLS:
-            out, _ = _abstract_init(unit, shapes[i])
-            if out != shapes[i]:
-                raise ConfigError(
-                    f"{where}: {unit.kind} '{at(path)}' maps {shapes[i]} to {out} at input_shape "
-                    f"{tuple(input_shape)}, so it is not an identity there; on a larger input "
-                    "the converted model could not reproduce it window by window. Use an "
-                    "input_shape at which it is an identity (e.g. 224x224 for VGG/AlexNet) or "
-                    "remove the pool")
-            actions[path] = None
-        else:
-            for sub, pool in _find_kinds(unit, _GLOBAL_POOLS):
-                raise ConfigError(f"{where}: {pool.kind} '{at(path + sub)}' inside {unit.kind} "
-                                  f"'{at(path)}' cannot be removed; convolutionize handles global "
-                                  "pools only in the Serial chain before the head")
-
-    conv_model = _rebuild(model, (), actions)
-
-    def convert_params(params):
-        """Reshape the head's dense weights into conv kernels (other entries unchanged)."""
-        out = params
-        for path, (kernel, c_in, features) in dense_paths.items():
-            def reshape(node, path=path, kernel=kernel, c_in=c_in, features=features):
-                w = node.get("w") if isinstance(node, dict) else None
-                expected = (math.prod(kernel) * c_in, features)
-                if w is None or tuple(w.shape) != expected:
-                    got = tuple(w.shape) if w is not None else node
-                    raise ShapeError(f"convert_params: Dense '{at(path)}' needs w of shape "
-                                     f"{expected}; got {got}")
-                new = dict(node)
-                new["w"] = (jax.ShapeDtypeStruct((*kernel, c_in, features), w.dtype)
-                            if isinstance(w, jax.ShapeDtypeStruct)
-                            else jnp.reshape(w, (*kernel, c_in, features)))
-                return new
-            out = _update(out, path, reshape, "convert_params")
-        return out
-
-    return conv_model, convert_params
+    u = _units(model, input_shape)
+    start = _head_start(u)
+    actions, dense_paths = _head_actions(u, start)
+    _pool_actions(u, start, actions)
+    return _rebuild(model, (), actions), _param_converter(model.name, dense_paths)
 
 
 # -- context module (dilated convolutions) --------------------------------------------
@@ -748,17 +766,29 @@ def context_module(channels: int, *, dilations: Sequence[int] = (1, 1, 2, 4, 8, 
                           f"(key, shape, dtype) -> array; got {init!r}")
     parts = []
     for i, d in enumerate(dilations):
-        parts += [L.Conv(channels, 3, padding=d, dilation=d, name=f"conv{i + 1}", **inits),
+        parts += [L.Conv(channels, (3, 3), padding=d, dilation=d, name=f"conv{i + 1}", **inits),
                   L.ReLU()]
-    parts.append(L.Conv(channels, 1, name=f"conv{len(dilations) + 1}", **inits))
-    net = L.Serial(*parts, name=name)
-    inner = net.init_fn
+    parts.append(L.Conv(channels, (1, 1), name=f"conv{len(dilations) + 1}", **inits))
+    return ContextModule(*parts, channels=channels, name=name)
 
-    def init_fn(key, input_shape):
-        # Shape preservation needs C_in == channels; say so before a conv does.
-        if len(input_shape) != 4 or input_shape[-1] != channels:
-            raise ShapeError(f"context_module '{name}': input must be [N, H, W, {channels}]; "
-                             f"got input shape {tuple(input_shape)}")
-        return inner(key, input_shape)
 
-    return dataclasses.replace(net, init_fn=init_fn)
+class ContextModule(L.Serial):
+    """The :func:`context_module` chain, which keeps its input's shape: it checks that
+    the input is ``[N, H, W, channels]`` before a convolution would complain.
+
+    Fields: those of :class:`~fundl.layers.Serial`, and ``channels``.
+    """
+
+    _: KW_ONLY
+    channels: int = 1
+
+    def __init__(self, *layers, channels: int, scan: bool | int = False,
+                 name: str | None = None):
+        self._set(channels=channels)
+        super().__init__(*layers, scan=scan, name=name)
+
+    def build_with_state(self, key, input_shape):
+        if len(input_shape) != 4 or input_shape[-1] != self.channels:
+            raise ShapeError(f"context_module '{self.name}': input must be "
+                             f"[N, H, W, {self.channels}]; got input shape {tuple(input_shape)}")
+        return super().build_with_state(key, input_shape)

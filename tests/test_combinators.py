@@ -67,9 +67,23 @@ def test_bad_input_shape_argument():
 
 
 def test_error_names_the_path():
+    net = L.Serial(L.Conv(8, 3), L.Dense(10), L.LayerNorm(), name="net")
+    _, p = net.init(KEY, (1, 8, 8, 1))
+    bad = jax.tree_util.tree_map(lambda a: a, p)
+    bad["layer_norm"] = {"scale": jnp.ones(5), "bias": jnp.zeros(10)}
+    with pytest.raises(ShapeError, match=r"LayerNorm 'net/layer_norm'.*'scale' has shape \(5,\)"):
+        net.apply(bad, jnp.ones((1, 8, 8, 1)))
+
+
+def test_dense_on_a_feature_map_is_caught_by_the_loss():
+    # Dense maps the last axis (torch.nn.Linear), so the classic missing Flatten
+    # surfaces where logits meet labels: the loss names both shapes and the fix.
     net = L.Serial(L.Conv(8, 3), L.Dense(10), name="net")
-    with pytest.raises(ShapeError, match=r"net/dense.*Flatten"):
-        net.init(KEY, (1, 8, 8, 1))
+    out, p = net.init(KEY, (2, 8, 8, 1))
+    assert out == (2, 6, 6, 10)
+    logits = net.apply(p, jnp.ones((2, 8, 8, 1)))
+    with pytest.raises(ShapeError, match=r"\(2,\).*\(2, 6, 6, 10\).*Flatten\(\)"):
+        F.cross_entropy(logits, jnp.array([0, 1]))
 
 
 def test_stateful_flag_and_state_plumbing():
@@ -219,7 +233,7 @@ def test_graph_weight_sharing_one_subtree():
     assert set(params) == {"left"}
     xa, xb = jax.random.normal(KEY, (2, 4, 5))
     y = net.apply(params, (xa, xb))
-    enc = net.children[0][1]
+    enc = net.nodes[0].layer
     np.testing.assert_allclose(y[:, :3], enc.apply(params["left"], xa), rtol=1e-6)
     np.testing.assert_allclose(y[:, 3:], enc.apply(params["left"], xb), rtol=1e-6)
 
@@ -227,7 +241,7 @@ def test_graph_weight_sharing_one_subtree():
 def test_graph_shared_gradient_is_sum_over_uses():
     net = siamese()
     _, params = net.init(KEY, ((4, 5), (4, 5)))
-    enc = net.children[0][1]
+    enc = net.nodes[0].layer
     xa, xb = jax.random.normal(KEY, (2, 4, 5))
     t = jax.random.normal(jax.random.key(3), (4, 6))
 

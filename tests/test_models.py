@@ -169,8 +169,8 @@ def test_forward_small(build, rng):
 
 def test_mlp_structure_and_activations(rng):
     net = models.mlp((8, 6, 3), dropout=0.25, name="m")
-    assert [c.kind for _, c in net.children] == [
-        "Flatten", "Dense", "ReLU", "Dropout", "Dense", "ReLU", "Dropout", "Dense"]
+    assert [type(c) for c in net.layers] == [
+        L.Flatten, L.Dense, L.ReLU, L.Dropout, L.Dense, L.ReLU, L.Dropout, L.Dense]
     x = jnp.asarray(rng.standard_normal((5, 4)), jnp.float32)
     params = real_init(net, (5, 4), rng)[0]
     # Dropout only acts in training.
@@ -181,11 +181,11 @@ def test_mlp_structure_and_activations(rng):
         h = h @ params[name]["w"] + params[name]["b"][None]
         h = jax.nn.relu(h) if i < 2 else h
     np.testing.assert_allclose(net.apply(params, x), h, rtol=1e-5, atol=1e-6)
-    # Every spelling of an activation; a plain function becomes an 'Activation' layer.
-    for act, kind in [(L.GELU, "GELU"), ("tanh", "Tanh"), (L.Tanh(), "Tanh"),
-                      (jnp.sin, "Activation"), (None, None)]:
-        kinds = [c.kind for _, c in models.mlp((4, 2), activation=act, flatten=False).children]
-        assert kinds == (["Dense", kind, "Dense"] if kind else ["Dense", "Dense"])
+    # Every spelling of an activation; a plain function becomes a Lambda layer.
+    for act, kind in [(L.GELU, L.GELU), ("tanh", L.Tanh), (L.Tanh(), L.Tanh),
+                      (jnp.sin, L.Lambda), (None, None)]:
+        kinds = [type(c) for c in models.mlp((4, 2), activation=act, flatten=False).layers]
+        assert kinds == ([L.Dense, kind, L.Dense] if kind else [L.Dense, L.Dense])
     net = models.mlp((4, 2), activation=jnp.sin, flatten=False)
     p = real_init(net, (5, 4), rng)[0]
     np.testing.assert_allclose(
@@ -270,8 +270,8 @@ def test_convolutionize_same_output_at_original_size(build, shape, rng):
     params, state = real_init(model, shape, rng)
     conv_model, convert = models.convolutionize(model, shape)
     conv_params = convert(params)
-    kinds = [c.kind for _, c in conv_model.children]
-    assert "Flatten" not in kinds and "AdaptiveAvgPool" not in kinds
+    kinds = [type(c) for c in conv_model.layers]
+    assert L.Flatten not in kinds and L.AdaptiveAvgPool not in kinds
     # Same keys: only the dense weights change shape, the state carries over.
     assert sorted(paths(conv_params)) == sorted(paths(params))
     out_shape, p_shapes, _ = abstract_init(conv_model, shape)
@@ -384,7 +384,7 @@ def test_convolutionize_global_pool_over_1x1_acts_as_flatten(rng):
 
 def test_context_module_shape_and_identity_init(rng):
     ctx = models.context_module(3)
-    assert [c.kind for _, c in ctx.children].count("Conv") == 8
+    assert [type(c) for c in ctx.layers].count(L.Conv) == 8
     out, params = ctx.init(KEY, (2, 20, 17, 3))
     assert out == (2, 20, 17, 3)
     assert params["conv2"]["w"].shape == (3, 3, 3, 3) and params["conv8"]["w"].shape == (1, 1, 3, 3)

@@ -126,7 +126,7 @@ def test_scan_true_means_stretches_of_at_least_eight():
 
 def test_scan_argument_is_checked():
     for bad in ("yes", 1, 0, 2.0):
-        with pytest.raises(ConfigError, match=f"Serial: scan must be True, False or an int >= 2 "
+        with pytest.raises(ConfigError, match=f"Serial 'serial': scan must be True, False or an int >= 2 "
                                               rf".*got scan={bad!r}"):
             L.Serial(L.Dense(2), scan=bad)
     with pytest.raises(ConfigError, match="resnet 'resnet18': scan must be True, False or an int"):

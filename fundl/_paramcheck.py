@@ -1,0 +1,176 @@
+"""Params and state checked against the model, at the outermost ``apply``.
+
+The expected trees come from the model's own ``init`` for the input's shape,
+run abstractly (``jax.eval_shape``: nothing is allocated) and cached per
+``(model, input shapes)``. Under ``jax.jit`` the check runs while tracing, so
+the compiled function pays nothing. Every mismatch is reported at once, each
+naming the layer path, the leaf, what was received and what was expected.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _context
+from ._errors import FundlError, ShapeError
+from ._layer import Layer, Recorder
+
+_MAX_LISTED = 12
+
+
+class Expected(NamedTuple):
+    """What ``init`` gives for one input shape: abstract trees and the layer at each path."""
+
+    params: dict
+    state: dict
+    layers: dict  # path below the model (tuple of names) -> Layer
+
+
+def input_shapes(x):
+    """The shape of ``x``, or a tuple of shapes for a tuple of inputs; None if not array-like."""
+    if isinstance(x, (tuple, list)):
+        shapes = [input_shapes(a) for a in x]
+        return None if any(s is None or not _flat(s) for s in shapes) else tuple(shapes)
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def _flat(s) -> bool:
+    return all(isinstance(d, int) for d in s)
+
+
+@functools.lru_cache(maxsize=256)
+def expected(layer: Layer, shapes) -> Expected:
+    """The abstract params and state ``layer.init`` gives for ``shapes`` (cached)."""
+    rec = Recorder()
+
+    def f(key):
+        _, p, s = layer.init_with_state(key, shapes)
+        return p, s
+
+    with _context.using(path=(), recorder=rec, shared=False, root=None, modes=None):
+        params, state = jax.eval_shape(f, jax.random.key(0))
+    layers = {}
+    for path, row in zip(rec.paths, rec.rows):
+        layers.setdefault(path[1:], row.layer)
+    return Expected(params, state, layers)
+
+
+def check(layer: Layer, params, state, x) -> None:
+    """Raise a ShapeError listing every way ``params``/``state`` differ from what ``layer``
+    needs for input ``x`` (or the init's own ShapeError when ``x`` does not fit the model)."""
+    shapes = input_shapes(x)
+    if shapes is None:
+        return
+    want = expected(layer, shapes)
+    problems: list[tuple[tuple, str]] = []
+    _compare(params, want.params, (), "params", problems)
+    _compare(state, want.state, (), "state", problems)
+    if problems:
+        message = _message(layer, want, problems, shapes)
+        first = _forward_error(layer, params, state, x)
+        raise ShapeError(f"{first}\n{message}" if first else message)
+
+
+def _forward_error(layer: Layer, params, state, x) -> str | None:
+    """The error a layer's own forward gives for these trees and input (abstractly), if any:
+    it says more precisely when the input, not the params, is what does not fit."""
+    from ._layer import _forward_in_scope
+
+    def run(p, s, x):
+        with _context.using(root=len(_context.current().path), modes=None):
+            return _forward_in_scope(layer, p, s, x, None, False)
+
+    try:
+        jax.eval_shape(run, params, state, x)
+    except FundlError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001  (misshapen params may fail inside an op: say nothing)
+        return None
+    return None
+
+
+def _kind(dtype) -> str:
+    for kind, base in (("floating", jnp.floating), ("integer", jnp.integer),
+                       ("complex", jnp.complexfloating), ("bool", jnp.bool_)):
+        if jnp.issubdtype(dtype, base):
+            return kind
+    return str(dtype)
+
+
+def _leaf_info(a):
+    shape = getattr(a, "shape", None)
+    dtype = getattr(a, "dtype", None)
+    if shape is None or dtype is None:
+        try:
+            arr = np.asarray(a)
+        except Exception:  # noqa: BLE001
+            return None, None
+        shape, dtype = arr.shape, arr.dtype
+    return tuple(shape), dtype
+
+
+def _compare(got, want, path, what, problems) -> None:
+    if isinstance(want, Mapping):
+        if not isinstance(got, Mapping):
+            problems.append((path, f"{what} must be a dict with keys {sorted(want)}; got "
+                                   f"{type(got).__name__}"))
+            return
+        for k in want:
+            if k not in got:
+                problems.append((path, f"{what} is missing {k!r}"))
+            else:
+                _compare(got[k], want[k], path + (k,), what, problems)
+        for k in got:
+            if k not in want:
+                kind = "a layer's" if isinstance(got[k], Mapping) else "an"
+                problems.append((path, f"{what} has {kind} unexpected entry {k!r} (expected "
+                                       f"keys: {sorted(want) or 'none'})"))
+        return
+    shape, dtype = (None, None) if isinstance(got, Mapping) else _leaf_info(got)
+    leaf = f"{what} {path[-1]!r}"
+    if shape is None:
+        problems.append((path[:-1], f"{leaf} must be an array; got {type(got).__name__}"))
+    elif shape != tuple(want.shape):
+        problems.append((path[:-1], f"{leaf} has shape {shape}, expected {tuple(want.shape)}"))
+    elif _kind(dtype) != _kind(want.dtype):
+        problems.append((path[:-1], f"{leaf} has dtype {np.dtype(dtype).name} "
+                                    f"({_kind(dtype)}), expected a {_kind(want.dtype)} dtype "
+                                    f"such as {np.dtype(want.dtype).name}"))
+
+
+def _owner(want: Expected, path: tuple) -> tuple[tuple, Layer]:
+    """The innermost layer whose path is a prefix of ``path``."""
+    for n in range(len(path), -1, -1):
+        if path[:n] in want.layers:
+            return path[:n], want.layers[path[:n]]
+    return (), None
+
+
+def _message(layer: Layer, want: Expected, problems, shapes) -> str:
+    prefix = _context.current().path
+    lines = []
+    for path, text in problems[:_MAX_LISTED]:
+        at, owner = _owner(want, path)
+        owner = owner or layer
+        full = "/".join(prefix + (layer.name,) + at)
+        rest = "/".join(path[len(at):])
+        where = f"{owner.type_name} '{full}'" + (f" (entry {rest!r})" if rest else "")
+        lines.append(f"{where}: {text}")
+    more = len(problems) - _MAX_LISTED
+    if more > 0:
+        lines.append(f"... and {more} more")
+    head = (lines[0] if len(problems) == 1 else
+            f"{layer.label()}: params/state do not fit the model ({len(problems)} problems):\n  "
+            + "\n  ".join(lines))
+    return (f"{head}\nThe expected shapes are those {layer.type_name}.init gives for input "
+            f"shape {shapes}: either the params/state were made for another model (or input "
+            "shape), or the input is not what the model was built for. To carry params over to "
+            "an edited model, use fundl.surgery.adapt(model, params, state, ...).")
