@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from . import _freeze
 from ._precision import Policy, all_finite, cast_floating
 from ._errors import ConfigError, ShapeError
 from ._norm import batch_stats_mode
@@ -45,24 +46,66 @@ def _micro(a, k):
     return jnp.swapaxes(jnp.reshape(a, (a.shape[0] // k, k, *a.shape[1:])), 0, 1)
 
 
-def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None, prec=None):
-    """``body(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics)``."""
+def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None, prec=None,
+              frozen=(), where="make_train_step"):
+    """``body(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics)``.
+
+    ``frozen``: path patterns of parameters that get no gradient, no update and
+    no optimizer state, and of layers that run in eval mode (see :mod:`fundl._freeze`).
+    """
     prec = prec or Policy()
+    grads_and_metrics = _grads_and_metrics(model, loss_fn, extra, prec,
+                                           _freeze.train_modes(frozen))
+
+    def body(params, state, opt_state, x, y, key):
+        state_in = state
+        if prec != Policy():
+            params = cast_floating(params, prec.param_dtype)
+        tp = _freeze.trainable(params, frozen) if frozen else params
+        if frozen:
+            _freeze.check_matches(params, frozen, where)
+        _freeze.check_opt_state(optimizer, opt_state, tp, frozen, where)
+        if accumulate == 1:
+            grads, state, metrics = grads_and_metrics(tp, params, state, x, y, key)
+        else:
+            grads, state, metrics = _accumulated(grads_and_metrics, accumulate, tp, params,
+                                                 state, x, y, key)
+        if grad_axis is not None:
+            grads = jax.lax.pmean(grads, grad_axis)
+            metrics = jax.lax.pmean(metrics, grad_axis)
+        updates, new_opt_state = optimizer.update(grads, opt_state, tp)
+        new_params = _freeze.merge(optax.apply_updates(tp, updates), params)
+        if prec.loss_scale != 1.0:  # skip a step whose (float16) gradients overflowed
+            finite = all_finite(grads)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+            new_params, new_opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
+            state = keep(state, state_in)
+            metrics = {**metrics, "grads_finite": finite.astype(jnp.float32)}
+        return new_params, state, new_opt_state, metrics
+
+    return body
+
+
+def _grads_and_metrics(model, loss_fn, extra, prec, train):
+    """``f(trainable, params, state, x, y, key) -> (grads, new_state, metrics)``; gradients
+    with respect to the trainable leaves only (frozen ones are ``None`` in ``trainable``)."""
     mixed = prec != Policy()
     scaled = prec.loss_scale != 1.0
 
-    def grads_and_metrics(params, state, x, y, key):
-        def objective(p):
+    def grads_and_metrics(trainable, params, state, x, y, key):
+        def objective(t):
+            p = _freeze.merge(t, params)
             if mixed:  # every layer computes in compute_dtype; the loss sees output_dtype
                 p, xc = cast_floating(p, prec.compute_dtype), cast_floating(x, prec.compute_dtype)
             else:
                 xc = x
-            logits, new_state = model.apply_with_state(p, state, xc, key=key, train=True)
+            logits, new_state = model.apply_with_state(p, state, xc, key=key, train=train)
             logits = logits.astype(prec.output_dtype) if mixed else logits
             loss = loss_fn(logits, y)
             return (loss * prec.loss_scale if scaled else loss), (loss, logits, new_state)
 
-        (_, (loss, logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        (_, (loss, logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+            trainable)
         if scaled:
             grads = jax.tree.map(lambda g: g / prec.loss_scale, grads)
         out = {"loss": loss}
@@ -72,40 +115,23 @@ def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None, prec
             out[name] = fn(logits, y)
         return grads, new_state, out
 
-    def body(params, state, opt_state, x, y, key):
-        state_in = state
-        if mixed:
-            params = cast_floating(params, prec.param_dtype)
-        if accumulate == 1:
-            grads, state, metrics = grads_and_metrics(params, state, x, y, key)
-        else:
-            def micro_step(carry, inp):
-                gsum, st = carry
-                xj, yj, j = inp
-                kj = None if key is None else jax.random.fold_in(key, j)
-                g, st, m = grads_and_metrics(params, st, xj, yj, kj)
-                return (jax.tree.map(jnp.add, gsum, g), st), m
+    return grads_and_metrics
 
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            (gsum, state), ms = jax.lax.scan(
-                micro_step, (zeros, state),
-                (_micro(x, accumulate), _micro(y, accumulate), jnp.arange(accumulate)))
-            grads = jax.tree.map(lambda g: g / accumulate, gsum)
-            metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), ms)
-        if grad_axis is not None:
-            grads = jax.lax.pmean(grads, grad_axis)
-            metrics = jax.lax.pmean(metrics, grad_axis)
-        updates, new_opt_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        if scaled:  # skip a step whose (float16) gradients overflowed
-            finite = all_finite(grads)
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-            new_params, new_opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
-            state = keep(state, state_in)
-            metrics = {**metrics, "grads_finite": finite.astype(jnp.float32)}
-        return new_params, state, new_opt_state, metrics
 
-    return body
+def _accumulated(grads_and_metrics, k, trainable, params, state, x, y, key):
+    """The mean gradient over ``k`` micro-batches (rows ``i % k == j``) in a ``lax.scan``."""
+    def micro_step(carry, inp):
+        gsum, st = carry
+        xj, yj, j = inp
+        kj = None if key is None else jax.random.fold_in(key, j)
+        g, st, m = grads_and_metrics(trainable, params, st, xj, yj, kj)
+        return (jax.tree.map(jnp.add, gsum, g), st), m
+
+    zeros = jax.tree.map(jnp.zeros_like, trainable)
+    (gsum, state), ms = jax.lax.scan(micro_step, (zeros, state),
+                                     (_micro(x, k), _micro(y, k), jnp.arange(k)))
+    grads = jax.tree.map(lambda g: g / k, gsum)
+    return grads, state, jax.tree.map(lambda m: jnp.mean(m, axis=0), ms)
 
 
 def check_devices(devices, where):

@@ -77,7 +77,6 @@ baking it into the compiled code as a constant:
 """
 from __future__ import annotations
 
-import fnmatch
 import functools
 import math
 import time
@@ -89,17 +88,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _loop
+from . import _freeze, _loop
+from ._freeze import trainable
 from . import functional as F
 from ._errors import ConfigError, ShapeError
 from ._layer import Layer
+from ._patterns import matches
 from ._parallel import is_classification as _is_classification
 from ._parallel import replicate, unreplicate
 from ._precision import Policy
 from ._parallel import split_batch as _split_batch
 
 __all__ = ["make_train_step", "make_eval_step", "evaluate", "fit", "FitResult",
-           "param_labels", "set_hyperparams", "count_params", "replicate", "unreplicate", "Policy"]
+           "param_labels", "trainable", "set_hyperparams", "count_params", "replicate", "unreplicate", "Policy"]
 
 _REQUIRED = object()
 
@@ -117,7 +118,7 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
                     metrics: Mapping[str, Callable] | None = None,
                     parallel: str | None = None, devices=None,
                     sync_batch_stats: bool = True, accumulate: int = 1,
-                    precision=None) -> Callable:
+                    precision=None, frozen=None) -> Callable:
     """Build the compiled training step for ``model`` and ``optimizer``.
 
     Args:
@@ -161,6 +162,15 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         micro-batch ``j`` gets the dropout key ``fold_in(key, j)``. Metrics are
         means over the micro-batches.
 
+      frozen: path patterns (as in :func:`param_labels`; e.g. ``'backbone'``,
+        ``('conv1', 'layer1')``) of parameters to keep fixed: they get no
+        gradient, no update and no optimizer state, and the layers whose path
+        matches run in eval mode (batch-norm running statistics used, not
+        updated; dropout off), as ``backbone.eval()`` plus
+        ``requires_grad_(False)`` in PyTorch. Frozen params and statistics
+        stay bit-identical over any number of steps. The optimizer state is
+        then ``step.init_opt_state(params)`` (``optimizer.init`` of
+        :func:`trainable` params). A pattern matching no parameter is an error.
       precision: mixed precision for the whole model: ``None``/``'float32'``;
         ``'bfloat16'`` (float32 parameters, updates, output and loss; layers
         compute in bfloat16); ``'float16'`` (the same in float16, with the loss
@@ -177,7 +187,10 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
       of scalar arrays: ``'loss'``, plus ``'accuracy'`` when ``y: [N]`` holds
       integer labels and ``logits: [N, C]``. Reading a metric
       (``float(m['loss'])``) waits for the device: read them every few steps,
-      not every step.
+      not every step. ``step.init_opt_state(params)`` gives the optimizer
+      state the step expects (``optimizer.init(params)`` unless ``frozen``);
+      an ``opt_state`` of another structure is a ConfigError when the step is
+      traced. ``params`` and ``state`` are checked against the model there too.
 
       Data-parallel forms:
 
@@ -224,19 +237,25 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
     if parallel is None and devices is not None:
         raise ConfigError("make_train_step: devices= needs parallel='sharded' or 'pmap'; "
                           f"got parallel=None with devices={devices!r}")
-    extra = dict(metrics or {})
-    prec = _precision.policy(precision)
-    body = _parallel.make_body(model, optimizer, loss_fn, extra, accumulate, prec=prec)
     where = "make_train_step"
+    pats = _freeze.patterns(frozen, where)
+    body = functools.partial(
+        _parallel.make_body, model, optimizer, loss_fn, dict(metrics or {}), accumulate,
+        prec=_precision.policy(precision), frozen=pats, where=where)
     if parallel == "sharded":
-        devices = _parallel.check_devices(devices, where)
-        return _parallel.make_sharded_step(body, devices, accumulate, sync_batch_stats, donate, where)
-    if parallel == "pmap":
-        devices = _parallel.check_devices(devices, where)
-        body = _parallel.make_body(model, optimizer, loss_fn, extra, accumulate,
-                                   grad_axis=_parallel.DATA_AXIS, prec=prec)
-        return _parallel.make_pmap_step(body, devices, accumulate, sync_batch_stats, donate, where)
+        step = _parallel.make_sharded_step(body(), _parallel.check_devices(devices, where),
+                                           accumulate, sync_batch_stats, donate, where)
+    elif parallel == "pmap":
+        step = _parallel.make_pmap_step(body(grad_axis=_parallel.DATA_AXIS),
+                                        _parallel.check_devices(devices, where), accumulate,
+                                        sync_batch_stats, donate, where)
+    else:
+        step = _one_device_step(body(), accumulate, donate, where)
+    step.init_opt_state = lambda params: optimizer.init(_freeze.trainable(params, pats))
+    return step
 
+
+def _one_device_step(body, accumulate, donate, where):
     def step(params, state, opt_state, batch, key):
         x, y = _split_batch(batch, "train step")
         if accumulate > 1:
@@ -361,7 +380,7 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
         epochs: int, batch_size: int, key, eval_data=None, opt_state=None, shuffle: bool = True,
         progress: bool = True, callback: Callable | None = None,
         loss_fn: Callable = F.cross_entropy, log_every: int = 20,
-        drop_last: bool = False) -> FitResult:
+        drop_last: bool = False, frozen=None) -> FitResult:
     """Train on in-memory NumPy arrays: a minimal loop around :func:`make_train_step`.
 
     Every epoch reshuffles the examples (a permutation drawn from ``key``), runs
@@ -392,6 +411,9 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
       log_every: steps between reads of the metrics from the device.
       drop_last: skip the last batch of an epoch when smaller than ``batch_size``
         (otherwise it is used, costing one extra compilation).
+      frozen: path patterns of the parts to keep fixed, as in
+        :func:`make_train_step` (no update, no optimizer state, eval mode);
+        a given ``opt_state`` must then cover the trainable params only.
 
     Returns:
       A :class:`FitResult` ``(params, state, opt_state, history)``.
@@ -407,8 +429,9 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
     shuffler = np.random.default_rng([*np.asarray(jax.random.key_data(key)).ravel().tolist(), 1])
     # The step donates its inputs: copy once so the caller's arrays survive fit().
     # One compiled call, not one compilation per leaf shape as eager ops would cost.
-    trees = jax.jit(functools.partial(_copy_and_init, optimizer))(params, state, opt_state)
-    step = make_train_step(model, optimizer, loss_fn=loss_fn)
+    step = make_train_step(model, optimizer, loss_fn=loss_fn, frozen=frozen)
+    trees = jax.jit(functools.partial(_copy_and_init, step.init_opt_state))(
+        params, state, opt_state)
     history = []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
@@ -481,9 +504,9 @@ def _as_key(key):
                       f"got {type(key).__name__}")
 
 
-def _copy_and_init(optimizer, params, state, opt_state):
+def _copy_and_init(init_opt_state, params, state, opt_state):
     if opt_state is None:
-        opt_state = optimizer.init(params)
+        opt_state = init_opt_state(params)
     return jax.tree_util.tree_map(jnp.copy, (params, state, opt_state))
 
 
@@ -552,8 +575,7 @@ def param_labels(params, rules: Mapping[str, Any] | Callable[[str], Any], *, def
     for path, _ in leaves:
         s = _path_str(path)
         for pattern, lab in rules.items():
-            prefix = pattern.rstrip("/")
-            if fnmatch.fnmatchcase(s, pattern) or s.startswith(prefix + "/"):
+            if matches(s, pattern):
                 labels.append(lab)
                 break
         else:
