@@ -327,37 +327,37 @@ class FunctionLayer(Layer):
     """A leaf layer from a pair of functions (see :func:`layer`); compared by identity of them.
 
     Attributes:
-      kind: the type name shown in messages and summaries.
+      title: the type name shown in messages and summaries.
       init_fn: ``(key, input_shape) -> (output_shape, params)``, or
         ``(output_shape, params, state)`` for a stateful one.
       apply_fn: ``(params, x, *, key, train) -> y``, or for a stateful one
         ``(params, state, x, *, key, train) -> (y, new_state)``.
       macs_fn: ``(input_shape, output_shape, params) -> int``, or None.
-      config: hyper-parameters shown in ``repr`` (a tuple of ``(key, value)``).
+      shown: hyper-parameters shown in ``repr`` (a tuple of ``(key, value)``).
       has_state: whether it is stateful.
     """
 
-    kind: str
+    title: str
     init_fn: Callable
     apply_fn: Callable
     macs_fn: Callable | None = None
-    config: tuple = ()
+    shown: tuple = ()
     has_state: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.kind, str) or not self.kind:
-            raise ConfigError(f"layer: kind must be a non-empty string; got {self.kind!r}")
+        if not isinstance(self.title, str) or not self.title:
+            raise ConfigError(f"layer: kind must be a non-empty string; got {self.title!r}")
         for arg in ("init_fn", "apply_fn"):
             if not callable(getattr(self, arg)):
-                raise ConfigError(f"layer {self.kind!r}: {arg} must be callable; got "
+                raise ConfigError(f"layer {self.title!r}: {arg} must be callable; got "
                                   f"{getattr(self, arg)!r}")
-        if isinstance(self.config, Mapping):
-            object.__setattr__(self, "config", tuple(self.config.items()))
+        if isinstance(self.shown, Mapping):
+            object.__setattr__(self, "shown", tuple(self.shown.items()))
         super().__post_init__()
 
     @property
     def type_name(self) -> str:
-        return self.kind
+        return self.title
 
     @property
     def stateful(self) -> bool:
@@ -381,8 +381,8 @@ class FunctionLayer(Layer):
         return int(self.macs_fn(input_shape, output_shape, params)) if self.macs_fn else 0
 
     def __repr__(self):
-        cfg = "".join(f"{k}={_value_repr(v)}, " for k, v in self.config)
-        return f"{self.kind}({cfg}name={self.name!r})"
+        cfg = "".join(f"{k}={_value_repr(v)}, " for k, v in self.shown)
+        return f"{self.title}({cfg}name={self.name!r})"
 
 
 def layer(kind: str, name: str | None, init: Callable, apply: Callable, *, config=None,
