@@ -77,10 +77,25 @@ class Layer:
         cls.__init__ = __init__
 
     def __post_init__(self):
-        self._finish()
+        self._resolve_name()
 
     def _finish(self) -> None:
-        """Resolve the default name and check it (after every construction)."""
+        """After every construction: the name resolved, list fields of layers as tuples,
+        child names distinct."""
+        self._resolve_name()
+        for f in self._field_names():  # lists of child layers are stored as tuples
+            v = getattr(self, f)
+            if isinstance(v, list) and any(isinstance(c, Layer) for c in v):
+                object.__setattr__(self, f, tuple(v))
+        keys = [k for k, _ in self.children()]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ConfigError(f"{self.where()}: child layers must have distinct names (they key "
+                              f"the params); {twice} appear more than once. Give them names, "
+                              f"e.g. L.Dense(8, name='proj1')")
+
+    def _resolve_name(self) -> None:
+        """``name`` from ``default_name`` or the class name when None; checked."""
         name = self.name
         if name is None:
             name = type(self).default_name or _snake(type(self).__name__)

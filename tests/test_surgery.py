@@ -332,8 +332,9 @@ BAD_INPUTS = [
     (lambda: surgery.get(L.Serial(OnTheFly(), L.ReLU()), "on_the_fly/dense"),
      ["'on_the_fly/dense'", "OnTheFly 'on_the_fly'", "builds its sub-layers inside build",
       "cannot enter", "replace(model, 'on_the_fly', new_layer)"]),
-    (lambda: surgery.get(Pair(L.Dense(2), L.Dense(3)), "dense"),
-     ["'dense'", "ambiguous", "2 children named 'dense'", "distinct names"]),
+    # two children under one name are refused when the layer is built
+    (lambda: Pair(L.Dense(2), L.Dense(3)),
+     ["Pair 'pair'", "distinct names", "['dense']"]),
     (lambda: surgery.insert(mlp(), "head", L.ReLU()),
      ["surgery.insert", "'head'", "named 'relu'", "layer.rename('relu_1')",
       "change their params keys"]),
