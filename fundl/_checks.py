@@ -52,7 +52,8 @@ def input_rank(lab: str, shape, rank: int | None, what: str) -> int:
     nd = len(shape)
     hint = ""
     if rank is not None and nd == rank + 1:
-        hint = " Add a channel axis, e.g. x[..., None]."
+        hint = (" Is the batch axis missing? For one example use x[None] (input_shape "
+                f"{(1, *tuple(shape))}); for data without a channel axis, x[..., None].")
     elif rank is None and nd == 2:
         hint = " Add a channel axis, e.g. x[..., None], for a 1-d signal."
     if rank is None:

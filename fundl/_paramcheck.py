@@ -32,14 +32,29 @@ class Expected(NamedTuple):
 
 
 def input_shapes(x):
-    """The shape of ``x``, or a tuple of shapes for a tuple of inputs; None if not array-like."""
+    """The shape of ``x``, or a tuple of shapes for a tuple of inputs; None if not array-like.
+
+    A tuple/list holding arrays is several inputs; one holding only Python numbers
+    (``x.tolist()``) is one array-like input, as ``jnp`` ops read it.
+    """
     if isinstance(x, (tuple, list)):
+        if not _holds_array(x):
+            try:
+                return tuple(np.shape(x))
+            except ValueError:  # ragged
+                return None
         shapes = [input_shapes(a) for a in x]
         return None if any(s is None or not _flat(s) for s in shapes) else tuple(shapes)
     shape = getattr(x, "shape", None)
     if shape is None:
         return None
     return tuple(int(d) for d in shape)
+
+
+def _holds_array(x) -> bool:
+    if isinstance(x, (tuple, list)):
+        return any(_holds_array(a) for a in x)
+    return hasattr(x, "shape")
 
 
 def _flat(s) -> bool:
@@ -51,12 +66,14 @@ def expected(layer: Layer, shapes) -> Expected:
     """The abstract params and state ``layer.init`` gives for ``shapes`` (cached)."""
     rec = Recorder()
 
-    def f(key):
-        _, p, s = layer.init_with_state(key, shapes)
+    def f():
+        # the key is made inside the abstract trace: made outside, it would be staged
+        # into the caller's trace (a jit of apply) as a dead random_seed equation
+        _, p, s = layer.init_with_state(jax.random.key(0), shapes)
         return p, s
 
     with _context.using(path=(), recorder=rec, shared=False, root=None, modes=None):
-        params, state = jax.eval_shape(f, jax.random.key(0))
+        params, state = jax.eval_shape(f)
     layers = {}
     for path, row in zip(rec.paths, rec.rows):
         layers.setdefault(path[1:], row.layer)
