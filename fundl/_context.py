@@ -50,6 +50,11 @@ class Context:
       modes: a :class:`fundl._modes.Modes` giving each layer path its
         train/eval mode, or ``None`` (the ``train`` argument as passed).
       batch_stats: BatchNorm's behaviour in a data-parallel step, or ``None``.
+      mode: the train/eval mode of the layer whose ``forward`` is running (a
+        nested ``apply`` without ``train=`` inherits it).
+      expected: the outermost apply's :class:`fundl._paramcheck.Expected`
+        (output shapes ``build`` promised, per path), or ``None``.
+      frame: the :class:`InitFrame` of the layer being initialised, or ``None``.
     """
 
     path: tuple = ()
@@ -58,6 +63,16 @@ class Context:
     root: int | None = None
     modes: Any = None
     batch_stats: BatchStats | None = None
+    mode: bool = False
+    expected: Any = None
+    frame: Any = None
+
+
+class InitFrame:
+    """What the layers initialised inside one layer's ``build`` produced."""
+
+    def __init__(self):
+        self.child_state: list[str] = []  # names of nested layers that returned a state
 
 
 _CONTEXT: contextvars.ContextVar[Context] = contextvars.ContextVar("fundl_context",

@@ -26,6 +26,7 @@ The public protocol (documented for users in :mod:`fundl.layers`):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +64,7 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        _check_hooks(cls)
         dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
         init = cls.__init__
         if getattr(init, "_fundl_finishes", False):
@@ -251,28 +253,36 @@ class Layer:
     def init_with_state(self, key, input_shape) -> tuple[Shape, Params, State]:
         """Output shape, parameters and state for ``input_shape`` (includes the batch)."""
         input_shape = check_shape(input_shape, self)
-        with _context.scope(self.name) as ctx:
+        parent = _context.current().frame
+        frame = _context.InitFrame()
+        with _context.scope(self.name), _context.using(frame=frame) as ctx:
             rec = ctx.recorder
             if rec is not None:
                 rec.enter()
             out_shape, params, state = self.build_with_state(key, input_shape)
-            _check_built(self, params, state)
+            _check_built(self, params, state, frame)
             if rec is not None:
                 rec.exit(self, ctx, input_shape, out_shape, params)
+        if parent is not None and state:
+            parent.child_state.append(self.name)
         return out_shape, params, state
 
-    def apply_with_state(self, params, state, x, *, key=None, train=False):
+    def apply_with_state(self, params, state, x, *, key=None, train=None):
         """``(y, new_state)``; ``state`` is ``{}`` for stateless layers.
 
         The outermost call checks ``params`` and ``state`` against the model
         (keys, shapes, dtype kinds; at trace time under ``jit``) and accepts
-        ``train`` as a bool or a mapping ``{path pattern: bool}``.
+        ``train`` as a bool or a mapping ``{path pattern: bool}``. A nested call
+        (inside another layer's ``forward``) without ``train`` inherits the
+        mode of that layer.
         """
         ctx = _context.current()
         if ctx.root is None:
             return _apply_root(self, params, state, x, key, train, ctx)
         if ctx.modes is not None:
             train = ctx.modes.mode(ctx.path[ctx.root + 1:] + (self.name,))
+        elif train is None:
+            train = ctx.mode
         return _forward_in_scope(self, params, state, x, key, train)
 
     def init(self, key, input_shape):
@@ -290,7 +300,7 @@ class Layer:
         out_shape, params, state = self.init_with_state(key, input_shape)
         return (out_shape, params, state) if self.stateful else (out_shape, params)
 
-    def apply(self, params, x, *, state=None, key=None, train=False):
+    def apply(self, params, x, *, state=None, key=None, train=None):
         """Run the layer.
 
         Args:
@@ -302,7 +312,8 @@ class Layer:
           train: training mode (dropout active, batch statistics used and
             updated), or a mapping ``{path pattern: bool}`` choosing it per
             layer (first matching pattern wins; unmatched layers evaluate),
-            e.g. ``{'backbone': False, '*': True}``.
+            e.g. ``{'backbone': False, '*': True}``. Default: ``False`` at
+            the top level; inside another layer's ``forward``, that layer's mode.
 
         Returns:
           ``y``, or ``(y, new_state)`` when ``self.stateful``.
@@ -319,21 +330,58 @@ class Layer:
         return y
 
 
+_HOOKS = {"build": ("key", "input_shape"), "forward": ("params", "x", "*key", "*train"),
+          "build_with_state": ("key", "input_shape"),
+          "forward_with_state": ("params", "state", "x", "*key", "*train")}
+
+
+def _check_hooks(cls) -> None:
+    """A subclass's hooks must take the protocol's arguments (a clear error at class creation
+    instead of a TypeError deep inside an apply)."""
+    for hook, args in _HOOKS.items():
+        fn = cls.__dict__.get(hook)
+        if fn is None:
+            continue
+        try:
+            params = list(inspect.signature(fn).parameters.values())[1:]
+        except (TypeError, ValueError):
+            continue
+        kinds = {p.kind for p in params}
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        names = {p.name for p in params}
+        need_pos = [a for a in args if not a.startswith("*")]
+        need_kw = [a[1:] for a in args if a.startswith("*")]
+        ok = ((len(positional) >= len(need_pos) or inspect.Parameter.VAR_POSITIONAL in kinds)
+              and (inspect.Parameter.VAR_KEYWORD in kinds or all(k in names for k in need_kw)))
+        if not ok:
+            want = ", ".join(need_pos) + (", *, " + ", ".join(need_kw) if need_kw else "")
+            raise TypeError(f"{cls.__name__}.{hook} must have the signature ({want}) (plus "
+                            f"state=... for a stateful layer's forward); got "
+                            f"{inspect.signature(fn)}")
+
+
 def _apply_root(layer: Layer, params, state, x, key, train, ctx):
     """The outermost apply: check the mode and the trees, then apply with the context set."""
     from . import _modes, _paramcheck
 
+    train = False if train is None else train
     modes = _modes.from_train(train, layer)
-    _paramcheck.check(layer, params, state, x)
-    with _context.using(root=len(ctx.path), modes=modes):
+    want = _paramcheck.check(layer, params, state, x)
+    with _context.using(root=len(ctx.path), modes=modes, expected=want):
         mode = modes.mode(()) if modes is not None else bool(train)
         return _forward_in_scope(layer, params, state, x, key, mode)
 
 
 def _forward_in_scope(layer: Layer, params, state, x, key, train):
-    """``layer.forward_with_state`` under its name: in the path and on JAX's name stack."""
-    with _context.scope(layer.name), jax.named_scope(layer.name):
-        return layer.forward_with_state(params, state, x, key=key, train=train)
+    """``layer.forward_with_state`` under its name (in the path and on JAX's name stack),
+    its output shape checked against the one its ``build`` promised."""
+    ctx = _context.current()
+    with _context.using(path=ctx.path + (layer.name,), mode=train) as inner, \
+            jax.named_scope(layer.name):
+        y, new_state = layer.forward_with_state(params, state, x, key=key, train=train)
+        if inner.expected is not None:
+            inner.expected.check_output(layer, inner.path[inner.root:], y)
+    return y, new_state
 
 
 # -- one-off layers from functions ---------------------------------------------------------
@@ -576,12 +624,18 @@ def check_shape(input_shape, owner: Layer):
                      f"e.g. (1, 28, 28, 1), or a tuple of such shapes; got {input_shape!r}")
 
 
-def _check_built(layer: Layer, params, state) -> None:
+def _check_built(layer: Layer, params, state, frame) -> None:
     for what, tree in (("params", params), ("state", state)):
         if not isinstance(tree, Mapping):
             raise ConfigError(f"{layer.label()}: init must give {what} as a dict (named "
                               f"leaves, e.g. {{'w': ..., 'b': ...}}; {{}} for none); got "
                               f"{type(tree).__name__}")
+    if frame.child_state and not state:
+        raise ConfigError(f"{layer.label()}: the layers {frame.child_state} initialised inside "
+                          f"its build hold state (batch-norm statistics), which "
+                          f"{layer.type_name} drops. Set stateful = True on the class, return "
+                          "(output_shape, params, state) with their states under their names, "
+                          "and pass state through forward (see fundl.layers, 'a layer with state')")
 
 
 def _brief(value) -> str:
@@ -652,7 +706,11 @@ def _value_repr(v) -> str:
     if isinstance(v, Layer):
         return repr(v)
     if callable(v) and not isinstance(v, type):
-        return getattr(v, "__qualname__", None) or getattr(v, "__name__", None) or repr(v)
+        name = getattr(v, "__qualname__", None) or getattr(v, "__name__", None)
+        if not name or "<lambda>" in name or "<locals>" in name:
+            # compared by identity: show which object, so unequal layers print differently
+            return f"<{name or type(v).__name__} at {id(v):#x}>"
+        return name
     if isinstance(v, type):
         return v.__name__
     return repr(v)

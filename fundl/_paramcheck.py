@@ -24,11 +24,31 @@ _MAX_LISTED = 12
 
 
 class Expected(NamedTuple):
-    """What ``init`` gives for one input shape: abstract trees and the layer at each path."""
+    """What ``init`` gives for one input shape: abstract trees, and the layer and the
+    output shape at each path."""
 
     params: dict
     state: dict
-    layers: dict  # path below the model (tuple of names) -> Layer
+    layers: dict   # path below the model (tuple of names) -> Layer
+    outputs: dict  # path from the model's name (tuple of names) -> output shape
+
+    def check_output(self, layer: Layer, path: tuple, y) -> None:
+        """Raise a ShapeError if ``y`` (what ``layer`` at ``path`` computed) does not have
+        the shape its ``build`` promised."""
+        want = self.outputs.get(path)
+        if want is None:
+            return
+        got = _shape_of(y)
+        if got != want:
+            raise ShapeError(f"{layer.label()}: forward returned shape {got} but build promised "
+                             f"{want} for the same input; make forward and build agree (the "
+                             "layers after it were built for the promised shape)")
+
+
+def _shape_of(y):
+    if isinstance(y, (tuple, list)):
+        return tuple(_shape_of(a) for a in y)
+    return tuple(int(d) for d in np.shape(y))
 
 
 def input_shapes(x):
@@ -72,20 +92,33 @@ def expected(layer: Layer, shapes) -> Expected:
         _, p, s = layer.init_with_state(jax.random.key(0), shapes)
         return p, s
 
-    with _context.using(path=(), recorder=rec, shared=False, root=None, modes=None):
+    with _context.using(path=(), recorder=rec, shared=False, root=None, modes=None,
+                        frame=None, expected=None):
         params, state = jax.eval_shape(f)
-    layers = {}
+    layers, outputs = {}, {}
     for path, row in zip(rec.paths, rec.rows):
         layers.setdefault(path[1:], row.layer)
-    return Expected(params, state, layers)
+        outputs.setdefault(path, _normal(row.output_shape))
+    return Expected(params, state, layers, outputs)
 
 
-def check(layer: Layer, params, state, x) -> None:
+def _normal(shape):
+    """A recorded output shape (tuple of ints, or nested tuples of them) as tuples."""
+    if isinstance(shape, (tuple, list)) and shape and not all(isinstance(d, int) for d in shape):
+        return tuple(_normal(s) for s in shape)
+    return tuple(int(d) for d in shape)
+
+
+def check(layer: Layer, params, state, x) -> Expected | None:
     """Raise a ShapeError listing every way ``params``/``state`` differ from what ``layer``
-    needs for input ``x`` (or the init's own ShapeError when ``x`` does not fit the model)."""
+    needs for input ``x`` (or the init's own ShapeError when ``x`` does not fit the model).
+
+    Returns:
+      The :class:`Expected` trees and output shapes (``None`` when ``x`` is not array-like).
+    """
     shapes = input_shapes(x)
     if shapes is None:
-        return
+        return None
     want = expected(layer, shapes)
     problems: list[tuple[tuple, str]] = []
     _compare(params, want.params, (), "params", problems)
@@ -94,6 +127,7 @@ def check(layer: Layer, params, state, x) -> None:
         message = _message(layer, want, problems, shapes)
         first = _forward_error(layer, params, state, x)
         raise ShapeError(f"{first}\n{message}" if first else message)
+    return want
 
 
 def _forward_error(layer: Layer, params, state, x) -> str | None:

@@ -107,13 +107,13 @@ class Reshape(Layer):
 # -- shape-preserving layers ------------------------------------------------------------
 
 class Elementwise(Layer):
-    """Base of the parameter-free layers that keep the input's shape: ``y = fn(x)``.
+    """Base of the parameter-free layers that keep the input's shape: ``y = compute(x)``.
 
-    Subclasses implement ``fn(x)``; :func:`fundl.models.convolutionize` treats
+    Subclasses implement ``compute(x)``; :func:`fundl.models.convolutionize` treats
     them as acting on each position's channel vector alone.
     """
 
-    def fn(self, x):
+    def compute(self, x):
         raise NotImplementedError
 
     def check(self, shape) -> None:
@@ -125,7 +125,7 @@ class Elementwise(Layer):
 
     def forward(self, params, x, *, key, train):
         self.check(jnp.shape(x))
-        return self.fn(x)
+        return self.compute(x)
 
 
 class Identity(Elementwise):
@@ -136,7 +136,7 @@ class Identity(Elementwise):
       (8, 3)
     """
 
-    def fn(self, x):
+    def compute(self, x):
         return x
 
 
@@ -156,22 +156,22 @@ class Lambda(Elementwise):
       ('silu', (2, 3))
     """
 
-    function: Callable
+    fn: Callable
 
     def __post_init__(self):
-        if not callable(self.function) or isinstance(self.function, Layer):
+        if not callable(self.fn) or isinstance(self.fn, Layer):
             raise ConfigError(f"Lambda: fn must be a function x -> y (e.g. jax.nn.silu); got "
-                              f"{self.function!r}")
+                              f"{self.fn!r}")
         if self.name is None:
-            fname = getattr(self.function, "__name__", "")
+            fname = getattr(self.fn, "__name__", "")
             self._set(name=fname if fname.isidentifier() else "lambda")
         super().__post_init__()
 
-    def fn(self, x):
-        return self.function(x)
+    def compute(self, x):
+        return self.fn(x)
 
     def build(self, key, input_shape):
-        out = jax.eval_shape(self.function, jax.ShapeDtypeStruct(input_shape, jnp.float32))
+        out = jax.eval_shape(self.fn, jax.ShapeDtypeStruct(input_shape, jnp.float32))
         if getattr(out, "shape", None) != tuple(input_shape):
             got = getattr(out, "shape", type(out).__name__)
             raise ShapeError(f"{self.label()}: fn must keep the input's shape; it maps "
@@ -233,7 +233,7 @@ class ReLU(Elementwise):
 
     default_name = "relu"
 
-    def fn(self, x):
+    def compute(self, x):
         return _act.relu(x)
 
 
@@ -252,7 +252,7 @@ class LeakyReLU(Elementwise):
         super().__post_init__()
         self._set(negative_slope=check_number(self.negative_slope, "negative_slope", self.where()))
 
-    def fn(self, x):
+    def compute(self, x):
         return _act.leaky_relu(x, negative_slope=self.negative_slope)
 
 
@@ -271,7 +271,7 @@ class ELU(Elementwise):
         super().__post_init__()
         self._set(alpha=check_number(self.alpha, "alpha", self.where()))
 
-    def fn(self, x):
+    def compute(self, x):
         return _act.elu(x, alpha=self.alpha)
 
 
@@ -294,7 +294,7 @@ class GELU(Elementwise):
             raise ConfigError(f"{self.where()}: approximate must be 'none' or 'tanh'; "
                               f"got approximate={self.approximate!r}")
 
-    def fn(self, x):
+    def compute(self, x):
         return _act.gelu(x, approximate=self.approximate)
 
 
@@ -306,7 +306,7 @@ class Sigmoid(Elementwise):
       Array([0.5, 0.5], dtype=float32)
     """
 
-    def fn(self, x):
+    def compute(self, x):
         return _act.sigmoid(x)
 
 
@@ -318,7 +318,7 @@ class Tanh(Elementwise):
       Array([0., 0.], dtype=float32)
     """
 
-    def fn(self, x):
+    def compute(self, x):
         return _act.tanh(x)
 
 
@@ -345,7 +345,7 @@ class Softplus(Elementwise):
             raise ConfigError(f"{self.where()}: beta must be > 0; got beta={beta!r}")
         self._set(beta=beta, threshold=threshold)
 
-    def fn(self, x):
+    def compute(self, x):
         return _act.softplus(x, beta=self.beta, threshold=self.threshold)
 
 
@@ -374,7 +374,7 @@ class Softmax(_AxisActivation):
       Array([[0.25, 0.25, 0.25, 0.25]], dtype=float32)
     """
 
-    def fn(self, x):
+    def compute(self, x):
         return _act.softmax(x, axis=self.axis)
 
 
@@ -388,5 +388,5 @@ class LogSoftmax(_AxisActivation):
       (8, 10)
     """
 
-    def fn(self, x):
+    def compute(self, x):
         return _act.log_softmax(x, axis=self.axis)

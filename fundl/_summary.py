@@ -79,12 +79,12 @@ def summary(model: Layer, input_shape) -> Summary:
         raise ConfigError(f"summary: model must be a fundl Layer; got {type(model).__name__}")
     rec, box = Recorder(), {}
 
-    def init(key):
-        box["out"], params, _ = model.init_with_state(key, input_shape)
+    def init():  # the key is made inside the abstract trace, so nothing leaks into a caller's
+        box["out"], params, _ = model.init_with_state(jax.random.key(0), input_shape)
         return params
 
-    with _context.using(recorder=rec, path=(), shared=False):
-        params = jax.eval_shape(init, jax.random.key(0))
+    with _context.using(recorder=rec, path=(), shared=False, frame=None):
+        params = jax.eval_shape(init)
     total = sum(int(_numel(p.shape)) for p in jax.tree_util.tree_leaves(params))
     rows = tuple(r for r, kids in zip(rec.rows, rec.has_children)
                  if not kids or r.params or r.macs)

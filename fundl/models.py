@@ -483,11 +483,11 @@ def _abstract_init(lay: Layer, shape):
     """Output shape and abstract params of ``lay`` on ``shape`` (nothing is allocated)."""
     box = {}
 
-    def f(k):
-        box["out"], p, s = lay.init_with_state(k, shape)
+    def f():
+        box["out"], p, s = lay.init_with_state(jax.random.key(0), shape)
         return p, s
 
-    params, _ = jax.eval_shape(f, jax.random.key(0))
+    params, _ = jax.eval_shape(f)
     return box["out"], params
 
 

@@ -88,7 +88,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _freeze, _loop
+from . import _freeze, _loop, _parallel, _precision
 from ._freeze import trainable
 from . import functional as F
 from ._errors import ConfigError, ShapeError
@@ -220,7 +220,7 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
       >>> m['loss'].shape
       ()
     """
-    from . import _parallel, _precision
+
 
     _check_model(model, "make_train_step")
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):

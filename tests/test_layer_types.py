@@ -91,7 +91,7 @@ SAMPLES: dict[str, Sample] = {
     "Flatten": Sample(lambda: L.Flatten(), (2, 3, 2)),
     "Reshape": Sample(lambda: L.Reshape((4, 2)), (2, 8), "shape", (2, 4), "shape=(2, 4)"),
     "Identity": Sample(lambda: L.Identity(), (2, 3)),
-    "Lambda": Sample(lambda: L.Lambda(jnp.tanh), (2, 3), "function", jnp.sin, "function=sin"),
+    "Lambda": Sample(lambda: L.Lambda(jnp.tanh), (2, 3), "fn", jnp.sin, "fn=sin"),
     "Dropout": Sample(lambda: L.Dropout(0.5), (2, 3), "rate", 0.25, "rate=0.25"),
     "ReLU": Sample(lambda: L.ReLU(), (2, 3)),
     "LeakyReLU": Sample(lambda: L.LeakyReLU(0.1), (2, 3), "negative_slope", 0.2,
@@ -108,9 +108,9 @@ SAMPLES: dict[str, Sample] = {
     "Multiply": Sample(lambda: L.Multiply(), ((2, 3), (2, 3))),
     # leaves from functions
     "layer": Sample(lambda: L.layer("Scale", None, _scale_init, _scale_apply), (2, 3),
-                    "config", (("gain", 3),), "gain=3"),
+                    "shown", (("gain", 3),), "gain=3"),
     "stateful_layer": Sample(lambda: L.stateful_layer("Count", None, _count_init, _count_apply),
-                             (2, 3), "kind", "Tally", "Tally("),
+                             (2, 3), "title", "Tally", "Tally("),
     # combinators (small children) and blocks
     "Serial": Sample(lambda: L.Serial(L.Dense(3), L.ReLU(), L.Dense(2)), (2, 4),
                      "scan", 2, "scan=2"),
