@@ -23,7 +23,7 @@ def main():  # everything inside: importing this module (pytest --doctest-module
     jax.config.update("jax_numpy_rank_promotion", "raise")
 
     import fundl.layers as L  # noqa: E402
-    from fundl._errors import ConfigError  # noqa: E402
+    from fundl import ConfigError  # noqa: E402
     from fundl.train import make_train_step, replicate, unreplicate  # noqa: E402
 
     STEPS, N = 2, 16

@@ -374,6 +374,7 @@ def test_digits_split_matches_quickstart():
 # -- standardizer -----------------------------------------------------------------------
 
 def test_standardizer_grayscale(monkeypatch):
+    # private on purpose: shrinks the standardizer's chunk size to force many chunks
     from fundl.data import _standardize
 
     monkeypatch.setattr(_standardize, "_CHUNK_ELEMS", 50)  # force many chunks

@@ -17,7 +17,7 @@ import optax
 import pytest
 
 import fundl.layers as L
-from fundl._errors import ConfigError, ShapeError
+from fundl import ConfigError, ShapeError
 from fundl.train import make_train_step, replicate, unreplicate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

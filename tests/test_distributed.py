@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fundl.distributed as dist
-from fundl._errors import ConfigError
+from fundl import ConfigError
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from fundl._activations import (dropout, elu, gelu, leaky_relu, linear, log_softmax, relu,
-                                sigmoid, softmax, softplus, tanh)
-from fundl._errors import ConfigError, ShapeError
+from fundl import ConfigError, ShapeError
+from fundl.functional import (dropout, elu, gelu, leaky_relu, linear, log_softmax, relu, sigmoid,
+                              softmax, softplus, tanh)
 
 # ----------------------------------------------------------------- NumPy references
 # Written from the textbook formulas, independent of the implementation.

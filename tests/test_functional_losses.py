@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from fundl._errors import ConfigError, ShapeError
-from fundl._losses import (binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss,
-                           multi_margin_loss, nll_loss, smooth_l1_loss)
+from fundl import ConfigError, ShapeError
+from fundl.functional import (binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss,
+                              multi_margin_loss, nll_loss, smooth_l1_loss)
 
 LN2 = math.log(2)
 REDUCTIONS = ["mean", "sum", "none"]

@@ -1,4 +1,4 @@
-"""Pooling ops (fundl._pool): hand-computed cases, a NumPy loop reference,
+"""Pooling ops (fundl.functional): hand-computed cases, a NumPy loop reference,
 torch parity, gradients and argument validation.
 
 Layout is channels-last ([N, *spatial, C]); the torch comparisons transpose to
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from fundl._errors import ConfigError, ShapeError
-from fundl._pool import adaptive_avg_pool, avg_pool, global_avg_pool, max_pool, pool_output_size
+from fundl import ConfigError, ShapeError
+from fundl.functional import (adaptive_avg_pool, avg_pool, global_avg_pool, max_pool,
+                              pool_output_size)
 
 ATOL = RTOL = 1e-5
 

@@ -1,4 +1,4 @@
-"""Stateless leaf layers (fundl._conv_layers, _pool_layers, _simple_layers): shape contract, exact values, params, init, errors."""
+"""Stateless leaf layers of fundl.layers: shape contract, exact values, params, init, errors."""
 import math
 
 import jax
@@ -6,16 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fundl import summary
-from fundl._combinators import Serial
-from fundl._conv import conv, conv_transpose
-from fundl._conv_layers import Conv, ConvTranspose, Dense
-from fundl._errors import ConfigError, ShapeError
+from fundl import ConfigError, ShapeError, summary
+# private on purpose: the default initialisers are not public (layers take w_init / b_init); the
+# fan-in helpers are checked directly against torch's own fan-in for each weight layout.
 from fundl._init import (fan_in_conv, fan_in_conv_transpose, torch_conv_init,
                          torch_conv_transpose_init, torch_default, torch_dense_init)
-from fundl._pool_layers import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool
-from fundl._simple_layers import (ELU, GELU, Dropout, Flatten, Identity, LeakyReLU, LogSoftmax,
-                                  ReLU, Sigmoid, Softmax, Softplus, Tanh)
+from fundl.functional import conv, conv_transpose
+from fundl.layers import (ELU, GELU, AdaptiveAvgPool, AvgPool, Conv, ConvTranspose, Dense, Dropout,
+                          Flatten, GlobalAvgPool, Identity, LeakyReLU, LogSoftmax, MaxPool, ReLU,
+                          Serial, Sigmoid, Softmax, Softplus, Tanh)
 
 KEY = jax.random.key(0)
 

@@ -7,11 +7,13 @@ import numpy as np
 import optax
 import pytest
 
+# private on purpose: these tests pin that fit and experiment.run share one epoch loop
+# (fundl._loop.run_epoch) and test that loop directly.
 import fundl._loop as loop
 import fundl.layers as L
 import fundl.train as T
+from fundl import ConfigError
 from fundl import experiment as E
-from fundl._errors import ConfigError
 
 
 def _mlp():

@@ -1,15 +1,12 @@
-"""BatchNorm and LayerNorm (fundl._norm): PyTorch parity, state handling, gradients, errors."""
+"""BatchNorm and LayerNorm (fundl.layers): PyTorch parity, state handling, gradients, errors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from fundl._combinators import Serial
-from fundl._conv_layers import Conv
-from fundl._errors import ConfigError, ShapeError
-from fundl._norm import BatchNorm, LayerNorm
-from fundl._simple_layers import ReLU
+from fundl import ConfigError, ShapeError
+from fundl.layers import BatchNorm, Conv, LayerNorm, ReLU, Serial
 
 KEY = jax.random.key(0)
 

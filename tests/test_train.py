@@ -14,7 +14,7 @@ import pytest
 import fundl.functional as F
 import fundl.layers as L
 import fundl.train as T
-from fundl._errors import ConfigError, ShapeError
+from fundl import ConfigError, ShapeError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -272,6 +272,7 @@ def test_fit_history_and_callers_arrays_survive(capsys):
 
 
 def test_fit_key_forms():
+    # private on purpose: _as_key is the one normaliser behind fit(key=...); its forms are compared
     typed = T._as_key(3)
     assert jnp.issubdtype(typed.dtype, jax.dtypes.prng_key)
     legacy = T._as_key(jax.random.PRNGKey(3))
