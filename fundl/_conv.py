@@ -16,7 +16,7 @@ the default on CPU) is chosen at trace time by :mod:`fundl._lowering`; see
 
 Every user mistake (rank, channels, groups, bias, hyper-parameters, input too
 small) is reported as a :class:`~fundl._errors.ShapeError` or
-:class:`~fundl._errors.ConfigError` before any XLA call.
+:class:`~fundl.ConfigError` before any XLA call.
 """
 from __future__ import annotations
 

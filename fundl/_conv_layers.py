@@ -10,7 +10,7 @@ validated when the layer is constructed (ConfigError naming the layer, the
 argument and the value); shapes at ``init`` and again at ``apply``
 (ShapeError naming the layer's path, e.g. ``Conv 'features/conv1'``), so no
 raw XLA error reaches the user. Default initialisation follows PyTorch (see
-:mod:`fundl._init`); override it per layer with ``w_init`` / ``b_init``,
+:mod:`fundl.initializers`); override it per layer with ``w_init`` / ``b_init``,
 callables ``(key, shape, dtype) -> array`` such as
 ``jax.nn.initializers.he_normal()``.
 """

@@ -12,7 +12,7 @@ see :func:`fundl.functional.set_lowering`.
 All hyper-parameters are static Python ints, so every function here is
 ``jax.jit``-compatible with shapes known at trace time. Arguments are checked
 before anything is traced and bad ones raise :class:`~fundl._errors.ShapeError`
-or :class:`~fundl._errors.ConfigError` naming the function, the argument, the
+or :class:`~fundl.ConfigError` naming the function, the argument, the
 received value and what was expected.
 """
 from __future__ import annotations

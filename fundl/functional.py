@@ -31,7 +31,7 @@ higher-order differentiation and ``vmap`` work under every setting. Force a
 lowering globally with ``set_lowering(conv='xla', pool='reduce_window')``
 (returns the previous setting) or for a block with
 ``with lowering(conv='im2col'): ...``; ``get_lowering()`` reads it. Any other
-value raises :class:`~fundl._errors.ConfigError`. The setting is read at trace
+value raises :class:`~fundl.ConfigError`. The setting is read at trace
 time, so a jitted function keeps the lowering it was first traced with; and
 ``'auto'`` reads ``jax.default_backend()`` then. Details: ``fundl/_lowering.py``.
 """

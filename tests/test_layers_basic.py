@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 
 from fundl import ConfigError, ShapeError, summary
-# private on purpose: the default initialisers are not public (layers take w_init / b_init); the
-# fan-in helpers are checked directly against torch's own fan-in for each weight layout.
-from fundl._init import (fan_in_conv, fan_in_conv_transpose, torch_conv_init,
-                         torch_conv_transpose_init, torch_default, torch_dense_init)
+from fundl.initializers import (fan_in_conv, fan_in_conv_transpose, torch_conv_init,
+                                torch_conv_transpose_init, torch_default, torch_dense_init)
 from fundl.functional import conv, conv_transpose
 from fundl.layers import (ELU, GELU, AdaptiveAvgPool, AvgPool, Conv, ConvTranspose, Dense, Dropout,
                           Flatten, GlobalAvgPool, Identity, LeakyReLU, LogSoftmax, MaxPool, ReLU,

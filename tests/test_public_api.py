@@ -26,9 +26,6 @@ PRIVATE_ON_PURPOSE = {
     ("test_loop.py", "fundl._loop"):
         "pins that fit and experiment.run share one epoch loop (counts calls to run_epoch) and "
         "tests that loop directly",
-    ("test_layers_basic.py", "fundl._init"):
-        "checks the PyTorch fan-in helpers and default initialisers, which are not public, "
-        "against torch's own fan-in",
     ("test_shapes.py", "fundl._shapes"):
         "resolve_padding, the one normaliser of padding spellings behind the public ops, is "
         "checked directly on hand-computed (lo, hi) pairs",
@@ -41,7 +38,7 @@ PRIVATE_ON_PURPOSE = {
 # Every public module (the ``Public surface`` list in fundl/__init__.py).
 PUBLIC_MODULES = ("fundl", "fundl.layers", "fundl.functional", "fundl.train", "fundl.models",
                   "fundl.data", "fundl.experiment", "fundl.autodiff", "fundl.viz",
-                  "fundl.distributed")
+                  "fundl.distributed", "fundl.surgery", "fundl.initializers")
 
 
 def _private_prefix(dotted: str) -> str | None:

@@ -9,7 +9,7 @@ import pytest
 import fundl
 import fundl.layers as L
 from fundl import surgery
-from fundl._errors import ConfigError
+from fundl import ConfigError
 
 KEY = jax.random.key(0)
 
