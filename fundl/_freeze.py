@@ -73,8 +73,9 @@ def check_matches(params, pats, where: str) -> None:
     for p in pats:
         if not any(any_match(s, (p,)) for s in paths):
             tops = sorted({s.split("/")[0] for s in paths})
-            raise ConfigError(f"{where}: frozen pattern {p!r} matches no parameter; parameter "
-                              f"paths start with {tops} (e.g. {paths[:3]})")
+            raise ConfigError(f"{where}: frozen pattern {p!r} matches no parameter (a typo "
+                              f"would train everything); parameter paths start with {tops} "
+                              f"(e.g. {paths[:3]}). Layers without parameters need no freezing")
 
 
 def check_opt_state(optimizer, opt_state, params, pats, where: str) -> None:

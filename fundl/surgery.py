@@ -414,7 +414,9 @@ def adapt(new_model: Layer, params, state, *, key, input_shape):
     ``{'w', 'b'}``, a batch norm's ``{'scale', 'bias'}``, or in the state its
     ``{'mean', 'var'}``) is the old group, unchanged (the same array objects),
     when the old tree has the same path with the same array names, shapes and
-    dtypes, and the fresh one otherwise.
+    dtypes, and the fresh one otherwise. Kept arrays are shared with the old
+    trees: a train step that donates the new params (the default) invalidates
+    the old ones too; copy what you still need (``np.array(a)``) first.
 
     Args:
       new_model: the edited model (e.g. from :func:`replace`).
