@@ -1,9 +1,23 @@
-"""Strict numerics for the whole suite (rank promotion raises; float32 CPU)."""
+"""Strict numerics for the whole suite (rank promotion raises; float32 CPU), and a
+persistent compilation cache so that a second run of the tests does not compile again."""
+import os
+import pathlib
+
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Most of a test's time is XLA compiling small programs. Keep every compiled program
+# on disk (.jax_cache/, ignored by git): the first run of a fresh clone compiles as
+# before, later runs (the fast tier after each change) read them back.
+# FUNDL_TEST_JAX_CACHE=0 turns it off.
+if os.environ.get("FUNDL_TEST_JAX_CACHE", "1") != "0":
+    jax.config.update("jax_compilation_cache_dir",
+                      str(pathlib.Path(__file__).resolve().parent / ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture

@@ -195,6 +195,7 @@ def test_bottleneck_param_counts_and_shapes():
         L.Bottleneck(64, stride=0)
 
 
+@pytest.mark.slow
 def test_basic_block_matches_manual_composition():
     block = L.BasicBlock(8, stride=2)
     out, params, state = block.init(KEY, (2, 6, 6, 4))

@@ -257,6 +257,7 @@ def _train(net, x, y, steps=25):
     return losses
 
 
+@pytest.mark.slow
 def test_both_train_with_make_train_step(rng):
     x = rng.normal(size=(32, 8, 8, 3)).astype(np.float32)
     losses = _train(se_net(), x, x.mean(axis=(1, 2)).argmax(-1))

@@ -596,6 +596,7 @@ def test_crop_is_a_window_of_the_padded_image():
     np.testing.assert_array_equal(D.random_crop(jax.random.key(3), jnp.asarray(x), padding=0), x)
 
 
+@pytest.mark.slow
 def test_augment_under_jit_and_keys():
     x = jax.random.uniform(jax.random.key(0), (8, 6, 6, 3))
     key = jax.random.key(5)

@@ -20,6 +20,9 @@ import fundl.layers as L
 from fundl import ConfigError, ShapeError
 from fundl.train import make_train_step, replicate, unreplicate
 
+# Subprocesses, notebooks or whole training runs: the slow tier.
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOL = 2e-5
 

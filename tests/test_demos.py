@@ -11,6 +11,9 @@ import pytest
 from fundl import autodiff as AD
 from fundl import models
 
+# Subprocesses, notebooks or whole training runs: the slow tier.
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -26,6 +26,9 @@ from fundl import experiment as E
 
 from .conftest import TFDS_SIZES
 
+# Subprocesses, notebooks or whole training runs: the slow tier.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 needs_mnist = pytest.mark.skipif(

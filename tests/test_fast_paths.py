@@ -77,6 +77,7 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("i", range(len(CONV_CASES)),
                          ids=[f"{c[0]}-k{c[1]}-{c[4]}" for c in CONV_CASES])
 def test_conv_im2col_matches_xla(i, rng):
@@ -116,6 +117,7 @@ def test_conv_im2col_float64_agrees_to_rounding(rng):
                  rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_conv_im2col_forward_mode_second_order_and_vmap(rng):
     # Plain JAX ops (gather, dot): jvp, jacfwd-style and grad-of-grad work.
     x = jnp.asarray(rng.standard_normal((2, 7, 6, 3)), jnp.float32)
@@ -194,6 +196,7 @@ def test_pool_cases_take_the_fast_path():
         assert lowering_mod.pool_reshape_ok(k, s, (1,) * n), kw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
 def test_max_pool_reshape_matches_reduce_window(case, rng):
     spatial, kw = case
@@ -202,6 +205,7 @@ def test_max_pool_reshape_matches_reduce_window(case, rng):
     _compare(lambda x: F.max_pool(x, **kw), (x,), exact=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
 @pytest.mark.parametrize("count_include_pad", [True, False])
 def test_avg_pool_reshape_matches_reduce_window(case, count_include_pad, rng):

@@ -124,6 +124,7 @@ def test_trainable_marks_frozen_leaves_none():
     assert t["a"]["w"] is None and t["a"]["b"] is not None and t["b"]["w"] is not None
 
 
+@pytest.mark.slow
 def test_frozen_backbone_matches_pytorch_eval_and_requires_grad_false():
     """fundl's frozen= against torch: backbone.eval() + requires_grad_(False), 3 SGD steps."""
     model = net()

@@ -189,6 +189,7 @@ GRAD_CASES = [
 # check_grads evaluates f under dozens of transformations; op-by-op
 # (disable_jit) lets those tiny compiled primitives be shared by all cases,
 # which keeps this suite fast. The jitted path is covered by the value tests.
+@pytest.mark.slow
 @pytest.mark.parametrize("case", GRAD_CASES, ids=[c[0] for c in GRAD_CASES])
 def test_grads_second_order(case):
     _, fn = case

@@ -164,6 +164,7 @@ def test_conv_matches_numpy_reference(rng, xs, ws, s, p, d, g):
     np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("xs, ws, s, p, op, d, g", CONVT_CASES, ids=_ids(CONVT_CASES))
 def test_conv_transpose_matches_numpy_reference(rng, xs, ws, s, p, op, d, g):
     x, w, b = _arrays(rng, xs, ws, ws[-1] * g)

@@ -367,6 +367,7 @@ def _grad_cases():
 # Op-by-op (disable_jit): check_grads' many transformed evaluations then share
 # small compiled primitives across cases, keeping the suite fast; the jitted
 # path is covered by the value tests.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_grad_cases()))
 def test_grads_second_order(name):
     with jax.enable_x64(True), jax.disable_jit():

@@ -398,6 +398,7 @@ def _all_max_pools(*xs):
 
 # Every second-order check costs several compilations, so each test checks all
 # configs at once through one function of several inputs (tuple output).
+@pytest.mark.slow
 def test_max_pool_grads(rng):
     with _x64():  # arrays must be created inside, or they are float32
         xs = tuple(jnp.asarray(_distinct(rng, (1, *shape, 2))) for shape, _ in GRAD_MAX)

@@ -44,6 +44,7 @@ def _run(out, epochs, **kw):
                  batch_size=8, progress=False, **kw)
 
 
+@pytest.mark.slow
 def test_fit_and_run_go_through_the_same_epoch_loop(monkeypatch, tmp_path, capsys):
     calls = _counting(monkeypatch, loop, "run_epoch")
     x, y = _data(20)
@@ -55,6 +56,7 @@ def test_fit_and_run_go_through_the_same_epoch_loop(monkeypatch, tmp_path, capsy
     assert calls[2:] == ["epoch 1/3", "epoch 2/3"]
 
 
+@pytest.mark.slow
 def test_run_evaluates_with_train_evaluate(monkeypatch, tmp_path, capsys):
     calls = _counting(monkeypatch, T, "evaluate")
     records = _run(tmp_path / "a", 2, eval_batch_size=5)  # 12 test examples: batches 5, 5, 2

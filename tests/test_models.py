@@ -154,6 +154,7 @@ def test_builders_reject_bad_arguments():
 
 # -- forward passes on real arrays -------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [lambda: models.mlp((32, 16, 10), dropout=0.5),
                                    models.convnet_mnist, models.lenet5],
                          ids=["mlp", "convnet_mnist", "lenet5"])
@@ -193,6 +194,7 @@ def test_mlp_structure_and_activations(rng):
         @ p["dense2"]["w"] + p["dense2"]["b"][None], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_resnet18_cifar_train_and_eval(rng):
     model = models.resnet18(10, stem="cifar")
     assert model.stateful
@@ -214,6 +216,7 @@ def test_resnet18_cifar_train_and_eval(rng):
 
 # -- parity with a PyTorch reference -----------------------------------------------
 
+@pytest.mark.slow
 def test_convnet_mnist_matches_torch(rng):
     torch = pytest.importorskip("torch")
     nn = torch.nn
@@ -259,6 +262,7 @@ def tiny_vgg(padding=1, batch_norm=True):
                     name="tiny_vgg")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build, shape", [
     (models.convnet_mnist, (3, 28, 28, 1)),
     (models.lenet5, (3, 28, 28, 1)),
@@ -313,6 +317,7 @@ def crops_agree(model, params, state, conv_model, conv_params, x, size, stride):
     np.testing.assert_allclose(y_map, y.reshape((n, h, w, k)), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_convolutionize_larger_input_is_a_map_of_crops(rng):
     model = models.convnet_mnist()
     params = real_init(model, MNIST, rng)[0]
@@ -323,6 +328,7 @@ def test_convolutionize_larger_input_is_a_map_of_crops(rng):
     crops_agree(model, params, {}, conv_model, convert(params), x, 28, 6)
 
 
+@pytest.mark.slow
 def test_convolutionize_nested_strided_net_on_crops(rng):
     # No padding, a strided conv and a pool: stride 2 * 2 = 4; 16 -> 14 -> 7 -> 3 (x 6 ch).
     model = tiny_vgg(padding=0)
@@ -368,6 +374,7 @@ def test_convolutionize_errors():
         models.convolutionize(L.Dense(3), (1, 4))
 
 
+@pytest.mark.slow
 def test_convolutionize_global_pool_over_1x1_acts_as_flatten(rng):
     # ImageNet-stem ResNet on a 32x32 input ends on a 1x1 map: its pool is a reshape.
     model = models.resnet("basic", (1, 1, 1, 1), 5)
@@ -382,6 +389,7 @@ def test_convolutionize_global_pool_over_1x1_acts_as_flatten(rng):
 
 # -- context module ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_context_module_shape_and_identity_init(rng):
     ctx = models.context_module(3)
     assert [type(c) for c in ctx.layers].count(L.Conv) == 8
@@ -400,6 +408,7 @@ def test_context_module_shape_and_identity_init(rng):
         ctx.init(KEY, (2, 20, 17, 4))
 
 
+@pytest.mark.slow
 def test_context_module_receptive_field():
     dilations = (1, 1, 2, 4, 8, 16, 1)
     rf = F.receptive_field([(3, 1, d) for d in dilations] + [(1, 1, 1)])

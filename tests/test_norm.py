@@ -166,6 +166,7 @@ def test_layernorm_matches_torch():
 
 # -- gradients and cross-replica statistics ---------------------------------------
 
+@pytest.mark.slow
 def test_batchnorm_gradients_finite_differences():
     bn = BatchNorm()
     with enable_x64():
@@ -183,6 +184,7 @@ def test_batchnorm_gradients_finite_differences():
         check_grads(f, (x, scale), order=2, modes=["rev"])
 
 
+@pytest.mark.slow
 def test_layernorm_gradients_finite_differences():
     ln = LayerNorm()
     with enable_x64():
@@ -194,6 +196,7 @@ def test_layernorm_gradients_finite_differences():
                     order=2, modes=["rev"])
 
 
+@pytest.mark.slow
 def test_cross_replica_batchnorm_equals_full_batch():
     x = _data((8, 3, 3, 4))
     full, sharded = BatchNorm(momentum=0.5), BatchNorm(momentum=0.5, axis_name="b")

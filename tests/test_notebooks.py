@@ -3,6 +3,9 @@ import pathlib
 
 import pytest
 
+# Subprocesses, notebooks or whole training runs: the slow tier.
+pytestmark = pytest.mark.slow
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")

@@ -1,6 +1,10 @@
 """The README's Python examples run as written, top to bottom, in one namespace."""
+import pytest
 import pathlib
 import re
+
+# Subprocesses, notebooks or whole training runs: the slow tier.
+pytestmark = pytest.mark.slow
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

@@ -35,6 +35,7 @@ def allclose(a, b, tol=1e-6):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=tol, atol=tol)
 
 
+@pytest.mark.slow
 def test_runs_of_copies_become_one_scan_with_the_same_params_values_and_grads():
     layers = [L.Dense(8, name="inp"), *[block() for _ in range(4)], L.Dense(3, name="out")]
     plain, scanned = L.Serial(*layers), L.Serial(*layers, scan=2)
@@ -73,6 +74,7 @@ def test_layers_that_differ_are_not_scanned():
     allclose(same.apply(p, jnp.ones((2, 4))), plain.apply(p, jnp.ones((2, 4))))
 
 
+@pytest.mark.slow
 def test_state_and_dropout_keys_match_the_unscanned_chain():
     def bn_block():
         return L.Residual(L.Serial(L.Dense(6), L.BatchNorm(), L.ReLU(), L.Dropout(0.3)))
@@ -90,6 +92,7 @@ def test_state_and_dropout_keys_match_the_unscanned_chain():
     allclose(scanned.apply(params, x, state=s)[0], plain.apply(params, x, state=s)[0])
 
 
+@pytest.mark.slow
 def test_resnet_scan_same_tree_and_outputs_fewer_traced_blocks():
     kw = dict(num_classes=10, stem="cifar")
     plain, scanned = models.resnet34(**kw), models.resnet34(**kw, scan=2)

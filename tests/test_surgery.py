@@ -191,6 +191,7 @@ def test_insert_before_and_after():
 
 # -- adapt ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_adapt_resnet_new_head_keeps_backbone_bit_identical(resnet_init):
     old, p, s = resnet_init
     new = surgery.replace(old, "fc", L.Dense(3))

@@ -248,6 +248,7 @@ def test_count_params():
 
 # -- fit -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_fit_history_and_callers_arrays_survive(capsys):
     model = _mlp()
     params, state = _init(model)
@@ -290,6 +291,7 @@ def test_module_docstring_examples_run():
     assert tried > 20 and failures == 0
 
 
+@pytest.mark.slow
 def test_quickstart_smoke():
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "quickstart.py"),
                           "--epochs", "1", "--no-progress"],

@@ -5,6 +5,9 @@ import pathlib
 import numpy as np
 import pytest
 
+# Subprocesses, notebooks or whole training runs: the slow tier.
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
