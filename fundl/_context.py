@@ -41,7 +41,7 @@ class Context:
 
     Attributes:
       path: names of the layers being initialised or applied, outermost first.
-      recorder: the active :class:`fundl._layer.Recorder` (summaries and
+      recorder: the active :class:`fundl._record.Recorder` (summaries and
         parameter checks), or ``None``.
       shared: True while initialising a use of parameters owned elsewhere.
       root: ``len(path)`` at the outermost ``apply`` (``None`` outside any

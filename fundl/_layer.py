@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
-import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import jax
-import numpy as np
 
-from . import _context
+from . import _context, _fields
 from ._errors import ConfigError, ShapeError
 
 Shape = tuple  # a tuple of ints, e.g. (N, H, W, C); multi-input layers take a tuple of shapes
@@ -100,7 +97,7 @@ class Layer:
         """``name`` from ``default_name`` or the class name when None; checked."""
         name = self.name
         if name is None:
-            name = type(self).default_name or _snake(type(self).__name__)
+            name = type(self).default_name or _fields.snake(type(self).__name__)
         if not isinstance(name, str) or not name or "/" in name:
             raise ConfigError(f"{self.type_name}: name must be a non-empty string without '/'; "
                               f"got name={name!r}")
@@ -117,12 +114,13 @@ class Layer:
             return True
         if type(self) is not type(other):
             return NotImplemented if not isinstance(other, Layer) else False
-        return all(_same(getattr(self, f), getattr(other, f)) for f in self._field_names())
+        return all(_fields.same(getattr(self, f), getattr(other, f)) for f in self._field_names())
 
     def __hash__(self):
         h = self.__dict__.get("_fundl_hash")
         if h is None:
-            h = hash((type(self), tuple(_hashable(getattr(self, f)) for f in self._field_names())))
+            h = hash((type(self), tuple(_fields.hashable(getattr(self, f))
+                                        for f in self._field_names())))
             object.__setattr__(self, "_fundl_hash", h)
         return h
 
@@ -155,7 +153,7 @@ class Layer:
         return self.replace(name=name)
 
     def __repr__(self):
-        return _repr(self, "")
+        return _fields.fields_repr(self, "")
 
     # -- structure -------------------------------------------------------------------
     def children(self) -> tuple[tuple[str, "Layer"], ...]:
@@ -236,7 +234,7 @@ class Layer:
         if not isinstance(out, tuple) or len(out) != n:
             what = "(output_shape, params, state)" if n == 3 else "(output_shape, params)"
             raise ConfigError(f"{self.label()}: build must return {what}"
-                              f"{' (the layer is stateful)' if n == 3 else ''}; got {_brief(out)}")
+                              f"{' (the layer is stateful)' if n == 3 else ''}; got {brief(out)}")
         return out if n == 3 else (*out, {})
 
     def forward_with_state(self, params, state, x, *, key, train):
@@ -245,7 +243,7 @@ class Layer:
             out = self.forward(params, x, state=state, key=key, train=train)
             if not isinstance(out, tuple) or len(out) != 2:
                 raise ConfigError(f"{self.label()}: forward of a stateful layer must return "
-                                  f"(y, new_state); got {_brief(out)}")
+                                  f"(y, new_state); got {brief(out)}")
             return out
         return self.forward(params, x, key=key, train=train), state
 
@@ -384,164 +382,6 @@ def _forward_in_scope(layer: Layer, params, state, x, key, train):
     return y, new_state
 
 
-# -- one-off layers from functions ---------------------------------------------------------
-
-class FunctionLayer(Layer):
-    """A leaf layer from a pair of functions (see :func:`layer`); compared by identity of them.
-
-    Attributes:
-      title: the type name shown in messages and summaries.
-      init_fn: ``(key, input_shape) -> (output_shape, params)``, or
-        ``(output_shape, params, state)`` for a stateful one.
-      apply_fn: ``(params, x, *, key, train) -> y``, or for a stateful one
-        ``(params, state, x, *, key, train) -> (y, new_state)``.
-      macs_fn: ``(input_shape, output_shape, params) -> int``, or None.
-      shown: hyper-parameters shown in ``repr`` (a tuple of ``(key, value)``).
-      has_state: whether it is stateful.
-    """
-
-    title: str
-    init_fn: Callable
-    apply_fn: Callable
-    macs_fn: Callable | None = None
-    shown: tuple = ()
-    has_state: bool = False
-
-    def __post_init__(self):
-        if not isinstance(self.title, str) or not self.title:
-            raise ConfigError(f"layer: kind must be a non-empty string; got {self.title!r}")
-        for arg in ("init_fn", "apply_fn"):
-            if not callable(getattr(self, arg)):
-                raise ConfigError(f"layer {self.title!r}: {arg} must be callable; got "
-                                  f"{getattr(self, arg)!r}")
-        if isinstance(self.shown, Mapping):
-            object.__setattr__(self, "shown", tuple(self.shown.items()))
-        super().__post_init__()
-
-    @property
-    def type_name(self) -> str:
-        return self.title
-
-    @property
-    def stateful(self) -> bool:
-        return self.has_state
-
-    def build_with_state(self, key, input_shape):
-        out = self.init_fn(key, input_shape)
-        n = 3 if self.has_state else 2
-        if not isinstance(out, tuple) or len(out) != n:
-            raise ConfigError(f"{self.label()}: init must return "
-                              f"{'(output_shape, params, state)' if n == 3 else '(output_shape, params)'}"
-                              f"; got {_brief(out)}")
-        return out if n == 3 else (*out, {})
-
-    def forward_with_state(self, params, state, x, *, key, train):
-        if self.has_state:
-            return self.apply_fn(params, state, x, key=key, train=train)
-        return self.apply_fn(params, x, key=key, train=train), state
-
-    def macs(self, input_shape, output_shape, params) -> int:
-        return int(self.macs_fn(input_shape, output_shape, params)) if self.macs_fn else 0
-
-    def __repr__(self):
-        cfg = "".join(f"{k}={_value_repr(v)}, " for k, v in self.shown)
-        return f"{self.title}({cfg}name={self.name!r})"
-
-
-def layer(kind: str, name: str | None, init: Callable, apply: Callable, *, config=None,
-          macs: Callable | None = None) -> Layer:
-    """A stateless leaf layer from two functions: the shortcut for one-off layers.
-
-    For a reusable layer, subclass :class:`Layer` instead (see :mod:`fundl.layers`).
-
-    Args:
-      kind: the type name shown in messages and summaries, e.g. ``'Scale'``.
-      name: parameter key; defaults to ``kind`` in snake case.
-      init: ``(key, input_shape) -> (output_shape, params)``.
-      apply: ``(params, x, *, key, train) -> y``.
-      config: hyper-parameters, shown in ``repr``.
-      macs: ``(input_shape, output_shape, params) -> int``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> scale = layer('Scale', None, lambda key, s: (s, {'a': jnp.ones(())}),
-      ...               lambda p, x, *, key, train: p['a'] * x)
-      >>> scale.name, scale.init(jax.random.key(0), (2, 3))[0]
-      ('scale', (2, 3))
-    """
-    return FunctionLayer(kind, init, apply, macs, tuple(dict(config or {}).items()), False,
-                         name=name if name is not None else _snake(kind))
-
-
-def stateful_layer(kind: str, name: str | None, init_fn: Callable, apply_fn: Callable, *,
-                   config=None, macs: Callable | None = None) -> Layer:
-    """A leaf layer with state from two functions: ``init_fn(key, input_shape) ->
-    (output_shape, params, state)`` and ``apply_fn(params, state, x, *, key, train) ->
-    (y, new_state)``."""
-    return FunctionLayer(kind, init_fn, apply_fn, macs, tuple(dict(config or {}).items()), True,
-                         name=name if name is not None else _snake(kind))
-
-
-# -- summaries: what every init records ------------------------------------------------------
-
-class Row(NamedTuple):
-    """One layer as recorded by :func:`fundl.summary`.
-
-    Attributes:
-      path: ``/``-joined names below the model (the model's name for the model itself).
-      layer: the layer.
-      input_shape, output_shape: its shapes.
-      params: its own parameters (not those of layers it contains; 0 for a
-        shared use).
-      macs: its own multiply-accumulates.
-      shared: a use of parameters owned by another node.
-    """
-
-    path: str
-    layer: Layer
-    input_shape: Shape
-    output_shape: Shape
-    params: int
-    macs: int
-    shared: bool
-
-    @property
-    def type_name(self) -> str:
-        return self.layer.type_name
-
-
-class Recorder:
-    """Collects a :class:`Row` for every layer initialised while it is active.
-
-    ``rows`` holds every layer, composites included (``has_children``); the
-    parameter count of a row excludes those of the layers initialised inside
-    it, so each parameter and each MAC is counted once, whether a layer holds
-    its children in fields or initialises other layers inside its ``build``.
-    """
-
-    def __init__(self):
-        self.rows: list[Row] = []
-        self.paths: list[tuple] = []  # each row's full path, names from the outermost layer
-        self.has_children: list[bool] = []
-        self._open: list[list] = []
-
-    def enter(self) -> None:
-        self._open.append([0, False])
-
-    def exit(self, layer: Layer, ctx, input_shape, output_shape, params) -> None:
-        nested, has_children = self._open.pop()
-        total = 0 if ctx.shared else sum(math.prod(np.shape(p))
-                                         for p in jax.tree_util.tree_leaves(params))
-        path = "/".join(ctx.path[1:]) or ctx.path[0]
-        self.rows.append(Row(path, layer, input_shape, output_shape, total - nested,
-                             int(layer.macs(input_shape, output_shape, params)), ctx.shared))
-        self.has_children.append(has_children)
-        self.paths.append(ctx.path)
-        if self._open:
-            self._open[-1][0] += total
-            self._open[-1][1] = True
-
-
 # -- helpers for combinators and layer authors ------------------------------------------------
 
 def unique_children(layers: Sequence[Layer], where: str) -> tuple[Layer, ...]:
@@ -638,107 +478,12 @@ def _check_built(layer: Layer, params, state, frame) -> None:
                           "and pass state through forward (see fundl.layers, 'a layer with state')")
 
 
-def _brief(value) -> str:
+def brief(value) -> str:
     if isinstance(value, tuple):
         return f"a tuple of {len(value)}"
     return type(value).__name__
 
 
-def _snake(name: str) -> str:
-    """``'BatchNorm' -> 'batch_norm'``, ``'ReLU' -> 'relu'``, ``'MultiHeadAttention' ->
-    'multi_head_attention'``."""
-    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)
-    s = re.sub(r"(?<=[A-Z])(?=[A-Z][a-z]{2,})", "_", s)
-    return s.lower()
 
 
-# -- equality, hashing and repr of fields ------------------------------------------------------
 
-def _same(a, b) -> bool:
-    """Field equality: layers and containers by value, callables by identity."""
-    if isinstance(a, Layer) or isinstance(b, Layer):
-        return a == b
-    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
-        return (type(a) is type(b) and len(a) == len(b)
-                and all(_same(x, y) for x, y in zip(a, b)))
-    if isinstance(a, Mapping) or isinstance(b, Mapping):
-        return (isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys()
-                and all(_same(a[k], b[k]) for k in a))
-    if callable(a) or callable(b):
-        return a is b
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (type(a) is type(b) and a.shape == b.shape and a.dtype == b.dtype
-                and bool(np.array_equal(a, b)))
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except Exception:  # noqa: BLE001  (an exotic value that cannot compare)
-        return a is b
-
-
-def equal_except_name(a: Layer, b: Layer) -> bool:
-    """Whether two layers compute the same function (equal fields but for their own name)."""
-    if a is b:
-        return True
-    if type(a) is not type(b):
-        return False
-    return all(_same(getattr(a, f), getattr(b, f)) for f in a._field_names() if f != "name")
-
-
-def _hashable(v):
-    if isinstance(v, Layer):
-        return v
-    if isinstance(v, (tuple, list)):
-        return (type(v).__name__, tuple(_hashable(x) for x in v))
-    if isinstance(v, Mapping):
-        return ("map", tuple(sorted((repr(k), _hashable(x)) for k, x in v.items())))
-    if callable(v):
-        return ("id", id(v))
-    if isinstance(v, np.ndarray):
-        return ("array", v.shape, str(v.dtype), v.tobytes())
-    try:
-        hash(v)
-        return v
-    except TypeError:
-        return ("repr", repr(v))
-
-
-def _value_repr(v) -> str:
-    if isinstance(v, Layer):
-        return repr(v)
-    if callable(v) and not isinstance(v, type):
-        name = getattr(v, "__qualname__", None) or getattr(v, "__name__", None)
-        if not name or "<lambda>" in name or "<locals>" in name:
-            # compared by identity: show which object, so unequal layers print differently
-            return f"<{name or type(v).__name__} at {id(v):#x}>"
-        return name
-    if isinstance(v, type):
-        return v.__name__
-    return repr(v)
-
-
-def _repr(layer: Layer, indent: str) -> str:
-    """``Type(field=value, ..., name='x')``: fields that differ from their defaults; child
-    layers one per line."""
-    parts, nested = [], False
-    for f in dataclasses.fields(layer):
-        v = getattr(layer, f.name)
-        if f.name == "name" or not f.repr:
-            continue
-        if f.default is not dataclasses.MISSING and _same(v, f.default):
-            continue
-        if isinstance(v, Layer) or (isinstance(v, tuple) and v and all(
-                isinstance(c, Layer) for c in v)):
-            nested = True
-            inner = indent + "    "
-            kids = (v,) if isinstance(v, Layer) else v
-            body = "".join(f"{inner}{_repr(c, inner)},\n" for c in kids)
-            text = (_repr(v, indent + "  ") if isinstance(v, Layer)
-                    else f"(\n{body}{indent}  )")
-            parts.append(f"{f.name}={text}")
-        else:
-            parts.append(f"{f.name}={_value_repr(v)}")
-    parts.append(f"name={layer.name!r}")
-    if not nested:
-        return f"{layer.type_name}({', '.join(parts)})"
-    inner = "".join(f"{indent}  {p},\n" for p in parts)
-    return f"{layer.type_name}(\n{inner}{indent})"

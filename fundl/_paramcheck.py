@@ -18,7 +18,8 @@ import numpy as np
 
 from . import _context
 from ._errors import FundlError, ShapeError
-from ._layer import Layer, Recorder
+from ._layer import Layer
+from ._record import Recorder
 
 _MAX_LISTED = 12
 

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from ._errors import ConfigError
-from ._layer import child_entry, equal_except_name, put
+from ._fields import equal_except_name
+from ._layer import child_entry, put
 
 # scan=True: stretches of fewer copies compiled faster unrolled (ResNet-50's
 # runs of 2-5 blocks took 1.5x longer scanned; ResNet-101/152's runs of 22/35

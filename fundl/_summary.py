@@ -15,14 +15,15 @@ import jax
 
 from . import _context
 from ._errors import ConfigError
-from ._layer import Layer, Recorder
+from ._layer import Layer
+from ._record import Recorder
 
 
 class Summary(NamedTuple):
     """The result of :func:`summary`; ``str(s)`` is the table.
 
     Attributes:
-      rows: one :class:`~fundl._layer.Row` per use of a leaf layer (and per composite
+      rows: one :class:`~fundl._record.Row` per use of a leaf layer (and per composite
         with parameters or MACs of its own), in the order their ``init`` finished.
       input_shape: the shape given (batch included).
       output_shape: the model's output shape.

@@ -105,7 +105,8 @@ two functions.
 from ._blocks import BasicBlock, Bottleneck
 from ._combinators import Concat, Graph, Multiply, Node, Parallel, Residual, Serial, Sum
 from ._conv_layers import Conv, ConvTranspose, Dense
-from ._layer import Layer, layer, stateful_layer
+from ._function_layer import layer, stateful_layer
+from ._layer import Layer
 from ._norm import BatchNorm, LayerNorm
 from ._pool_layers import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool
 from ._simple_layers import (ELU, GELU, Dropout, Elementwise, Flatten, Identity, Lambda,
