@@ -496,7 +496,7 @@ def _shared_init(child, key, shape):
         box["shape"], p, s = child.init_with_state(k, shape)
         return p, s
 
-    with _context.using(shared=True):
+    with _context.using(shared=True, shapes_only=True):
         p, s = jax.eval_shape(f, key)
     return box["shape"], p, s
 

@@ -55,6 +55,8 @@ class Context:
       expected: the outermost apply's :class:`fundl._paramcheck.Expected`
         (output shapes ``build`` promised, per path), or ``None``.
       frame: the :class:`InitFrame` of the layer being initialised, or ``None``.
+      shapes_only: an abstract init that needs only the shapes of the params
+        (summaries, parameter checks): fundl's layers skip their initialisers.
     """
 
     path: tuple = ()
@@ -66,6 +68,7 @@ class Context:
     mode: bool = False
     expected: Any = None
     frame: Any = None
+    shapes_only: bool = False
 
 
 class InitFrame:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from . import _context
 from ._errors import ConfigError
 
 __all__ = [
@@ -153,7 +154,13 @@ def check_initializer(fn, arg: str, where: str):
 
 
 def run_initializer(fn, key, shape, dtype, arg: str, where: str):
-    """Call an initialiser and check it returned the requested shape."""
+    """Call an initialiser and check it returned the requested shape.
+
+    In an abstract init that needs only shapes (``fundl.summary``, the check of
+    params against a model) the initialiser is not traced at all.
+    """
+    if _context.current().shapes_only:
+        return jnp.zeros(tuple(shape), dtype)
     value = jnp.asarray(fn(key, tuple(shape), dtype))
     if value.shape != tuple(shape):
         raise ConfigError(f"{where}: {arg} returned shape {value.shape} but the parameter "

@@ -94,7 +94,7 @@ def expected(layer: Layer, shapes) -> Expected:
         return p, s
 
     with _context.using(path=(), recorder=rec, shared=False, root=None, modes=None,
-                        frame=None, expected=None):
+                        frame=None, expected=None, shapes_only=True):
         params, state = jax.eval_shape(f)
     layers, outputs = {}, {}
     for path, row in zip(rec.paths, rec.rows):

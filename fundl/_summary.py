@@ -84,7 +84,7 @@ def summary(model: Layer, input_shape) -> Summary:
         box["out"], params, _ = model.init_with_state(jax.random.key(0), input_shape)
         return params
 
-    with _context.using(recorder=rec, path=(), shared=False, frame=None):
+    with _context.using(recorder=rec, path=(), shared=False, frame=None, shapes_only=True):
         params = jax.eval_shape(init)
     total = sum(int(_numel(p.shape)) for p in jax.tree_util.tree_leaves(params))
     rows = tuple(r for r, kids in zip(rec.rows, rec.has_children)

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from jax.nn import initializers
 
-from . import _scan
+from . import _context, _scan
 from . import layers as L
 from ._blocks import resnet_conv_init
 from ._errors import ConfigError, ShapeError
@@ -487,7 +487,8 @@ def _abstract_init(lay: Layer, shape):
         box["out"], p, s = lay.init_with_state(jax.random.key(0), shape)
         return p, s
 
-    params, _ = jax.eval_shape(f)
+    with _context.using(shapes_only=True):
+        params, _ = jax.eval_shape(f)
     return box["out"], params
 
 
