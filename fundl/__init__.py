@@ -15,10 +15,11 @@ Public surface:
   * ``fundl.autodiff``: Jacobians, Hessian-vector products, per-example gradients, gradient checks;
   * ``fundl.surgery``: edit a model by layer path and carry its weights over;
   * ``fundl.initializers``: PyTorch's default initialisers, for ``w_init`` and your own layers;
+  * ``fundl.interop``: PyTorch state dicts (torchvision's names and layouts) in and out;
   * ``fundl.viz``: the computation DAG of a function (and of its gradient) as Graphviz DOT.
 """
-from . import (autodiff, data, distributed, experiment, functional, initializers, layers, models,
-               surgery, train, viz)
+from . import (autodiff, data, distributed, experiment, functional, initializers, interop, layers,
+               models, surgery, train, viz)
 from ._errors import ConfigError, FundlError, ShapeError
 from ._layer import Layer
 from ._summary import Summary, summary
@@ -26,5 +27,5 @@ from .train import count_params
 
 __version__ = "0.1.0"
 
-__all__ = ["autodiff", "viz", "data", "distributed", "experiment", "functional", "layers", "models", "surgery", "initializers", "train", "summary", "Summary", "Layer",
+__all__ = ["autodiff", "viz", "data", "distributed", "experiment", "functional", "layers", "models", "surgery", "initializers", "interop", "train", "summary", "Summary", "Layer",
            "count_params", "FundlError", "ShapeError", "ConfigError"]

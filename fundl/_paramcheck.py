@@ -26,12 +26,14 @@ _MAX_LISTED = 12
 
 class Expected(NamedTuple):
     """What ``init`` gives for one input shape: abstract trees, and the layer and the
-    output shape at each path."""
+    input and output shapes at each path (``layers`` in the order of the init calls'
+    ends: children before their parent, siblings in order)."""
 
     params: dict
     state: dict
     layers: dict   # path below the model (tuple of names) -> Layer
     outputs: dict  # path from the model's name (tuple of names) -> output shape
+    inputs: dict   # path from the model's name (tuple of names) -> input shape
 
     def check_output(self, layer: Layer, path: tuple, y) -> None:
         """Raise a ShapeError if ``y`` (what ``layer`` at ``path`` computed) does not have
@@ -96,11 +98,12 @@ def expected(layer: Layer, shapes) -> Expected:
     with _context.using(path=(), recorder=rec, shared=False, root=None, modes=None,
                         frame=None, expected=None, shapes_only=True):
         params, state = jax.eval_shape(f)
-    layers, outputs = {}, {}
+    layers, outputs, inputs = {}, {}, {}
     for path, row in zip(rec.paths, rec.rows):
         layers.setdefault(path[1:], row.layer)
         outputs.setdefault(path, _normal(row.output_shape))
-    return Expected(params, state, layers, outputs)
+        inputs.setdefault(path, _normal(row.input_shape))
+    return Expected(params, state, layers, outputs, inputs)
 
 
 def _normal(shape):

@@ -16,7 +16,11 @@ Parameter names follow the layer tree, e.g. ``features/conv1/w`` or
 ``layer2/block1/body/conv1/w``. Parameter counts quoted in the docstrings
 equal torchvision's for the same architecture (the torchvision flatten order
 is NCHW, ours NHWC: porting a first dense layer's weights needs a permutation,
-the counts do not).
+the counts do not). :mod:`fundl.interop` loads and writes PyTorch state dicts
+of every model here: torchvision's keys for the ResNets, VGGs and AlexNet
+(``conv1``, ``layer1.0.conv1``, ``features.0``, ``classifier.6``, ...) and, for
+``mlp``, ``convnet_mnist`` and ``lenet5``, those of the ``torch.nn.Sequential``
+shown in their docstrings; it permutes the first dense layer's rows.
 
 Models with batch norm (the ``*_bn`` VGGs, ResNets) are ``stateful``: ``init``
 returns ``(out_shape, params, state)`` and ``apply(params, x, state=state,
@@ -124,6 +128,12 @@ def mlp(features: Sequence[int], *, activation=jax.nn.relu, dropout: float = 0.0
     Parameters: ``sum(in_i * out_i + out_i)`` over the dense layers, e.g.
     ``mlp((256, 10))`` on ``(N, 28, 28, 1)`` has 784*256+256 + 256*10+10 = 203,530.
 
+    PyTorch twin (the state-dict keys :mod:`fundl.interop` uses): for
+    ``mlp((256, 10))`` on 28x28x1, ``nn.Sequential(nn.Flatten(), nn.Linear(784,
+    256), nn.ReLU(), nn.Linear(256, 10))``, keys ``'1.weight'``, ``'3.weight'``
+    (and biases); every layer counts, so with ``dropout > 0`` each hidden
+    activation is followed by an ``nn.Dropout`` and the indices shift.
+
     Example:
       >>> net = mlp((32, 10))
       >>> out_shape, params = net.init(jax.random.key(0), (8, 28, 28, 1))
@@ -163,6 +173,13 @@ def convnet_mnist(num_classes: int = 10, *, name: str = "convnet_mnist") -> Laye
 
     Parameters: 103,496 + 201 * num_classes = 105,506 for 10 classes.
 
+    PyTorch twin (the state-dict keys :mod:`fundl.interop` uses):
+    ``nn.Sequential(nn.Conv2d(1, 32, 5), nn.MaxPool2d(3), nn.ReLU(), nn.Conv2d(32,
+    64, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(256, 200),
+    nn.ReLU(), nn.Linear(200, num_classes))``: keys ``'0.weight'``,
+    ``'3.weight'``, ``'7.weight'``, ``'9.weight'`` (and biases); ``fc1``'s rows
+    are permuted from torch's (C, H, W) flatten order to (H, W, C).
+
     Example:
       >>> convnet_mnist().init(jax.random.key(0), (8, 28, 28, 1))[0]
       (8, 10)
@@ -194,6 +211,13 @@ def lenet5(num_classes: int = 10, *, activation="tanh", name: str = "lenet5") ->
       name: parameter key (children ``conv1, conv2, fc1, fc2, fc3``).
 
     Parameters: 60,856 + 85 * num_classes = 61,706 for 10 classes.
+
+    PyTorch twin (the state-dict keys :mod:`fundl.interop` uses), with ``act``
+    ``nn.Tanh()`` (or the chosen activation): ``nn.Sequential(nn.Conv2d(1, 6, 5,
+    padding=2), act, nn.AvgPool2d(2), nn.Conv2d(6, 16, 5), act, nn.AvgPool2d(2),
+    nn.Flatten(), nn.Linear(400, 120), act, nn.Linear(120, 84), act,
+    nn.Linear(84, num_classes))``: keys ``'0.weight'``, ``'3.weight'``,
+    ``'7.weight'``, ``'9.weight'``, ``'11.weight'`` (and biases).
 
     Example:
       >>> lenet5(activation='relu').init(jax.random.key(0), (8, 28, 28, 1))[0]
