@@ -19,7 +19,10 @@ the data once, on a machine with network::
     python experiments/cifar10.py --synthetic 64 --epochs 1 --batch-size 32   # pipeline check, no data
 
 Writes into ``--out`` (default ``runs/cifar10``): ``config.json``,
-``metrics.jsonl``, ``curves.png``, ``checkpoints/<epoch>/``. The last line
+``metrics.jsonl``, ``curves.png``, ``checkpoints/<epoch>/``; ``--export-params FILE``
+and ``--export-model FILE`` also write the final params (``fundl.io.load``) and
+model (``fundl.load_exported``, on input standardised with the ``config``
+metadata's ``norm``); ``--init-from FILE`` starts from a params file. The last line
 printed is ``test_accuracy=0.xxxx``.
 """
 from __future__ import annotations
@@ -91,6 +94,8 @@ def main(argv=None):
                resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress,
                data_parallel=args.data_parallel,
                eval_batch_size=args.eval_batch_size, config=config, learning_rate=lr,
+               init_from=args.init_from, export_params=args.export_params,
+               export_model=args.export_model,
                title=f"{args.model} on CIFAR-10" if args.synthetic is None else f"{args.model}, synthetic")
 
 

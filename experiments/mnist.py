@@ -9,10 +9,14 @@ trains on N random images (a smoke test that needs no data).
     python experiments/mnist.py                                  # the recipe, ~98.8% on the official 10k test set
     python experiments/mnist.py --epochs 1 --limit-train 2000    # a quick look
     python experiments/mnist.py --out runs/mnist --resume        # continue an interrupted run
+    python experiments/mnist.py --export-params mnist_params.safetensors --export-model mnist_model.safetensors
+    python experiments/mnist.py --init-from mnist_params.safetensors --epochs 2   # fine-tune from a params file
 
 Writes into ``--out`` (default ``runs/mnist``): ``config.json``, ``metrics.jsonl``
-(one line per epoch), ``curves.png``, ``checkpoints/<epoch>/``. The last line
-printed is ``test_accuracy=0.xxxx``.
+(one line per epoch), ``curves.png``, ``checkpoints/<epoch>/``; with
+``--export-params`` / ``--export-model``, the final params (``fundl.io.load``)
+and the final model (``fundl.load_exported``, on standardised input: see the
+``config`` metadata's ``norm``). The last line printed is ``test_accuracy=0.xxxx``.
 """
 from __future__ import annotations
 
@@ -91,6 +95,8 @@ def main(argv=None):
                   stop_after=args.stop_after, progress=not args.no_progress,
                   data_parallel=args.data_parallel,
                   eval_batch_size=args.eval_batch_size, config=config, learning_rate=lr,
+                  init_from=args.init_from, export_params=args.export_params,
+                  export_model=args.export_model,
                   title=f"{args.model} on {args.dataset if args.synthetic is None else 'synthetic'}")
     return records
 

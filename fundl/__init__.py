@@ -16,11 +16,15 @@ Public surface:
   * ``fundl.surgery``: edit a model by layer path and carry its weights over;
   * ``fundl.initializers``: PyTorch's default initialisers, for ``w_init`` and your own layers;
   * ``fundl.interop``: PyTorch state dicts (torchvision's names and layouts) in and out;
-  * ``fundl.viz``: the computation DAG of a function (and of its gradient) as Graphviz DOT.
+  * ``fundl.viz``: the computation DAG of a function (and of its gradient) as Graphviz DOT;
+  * ``fundl.io``: params and state in one checked ``.safetensors`` file (``save``, ``load``);
+  * ``fundl.export`` / ``fundl.load_exported``: a trained model as bytes (StableHLO and
+    weights) that run without the model's Python code.
 """
-from . import (autodiff, data, distributed, experiment, functional, initializers, interop, layers,
-               models, surgery, train, viz)
+from . import (autodiff, data, distributed, experiment, functional, initializers, interop, io,
+               layers, models, surgery, train, viz)
 from ._errors import ConfigError, FundlError, ShapeError
+from ._export import export, load_exported
 from ._layer import Layer
 from ._summary import Summary, summary
 from .train import count_params
@@ -28,4 +32,4 @@ from .train import count_params
 __version__ = "0.1.0"
 
 __all__ = ["autodiff", "viz", "data", "distributed", "experiment", "functional", "layers", "models", "surgery", "initializers", "interop", "train", "summary", "Summary", "Layer",
-           "count_params", "FundlError", "ShapeError", "ConfigError"]
+           "count_params", "FundlError", "ShapeError", "ConfigError", "io", "export", "load_exported"]

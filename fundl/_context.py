@@ -57,6 +57,10 @@ class Context:
       frame: the :class:`InitFrame` of the layer being initialised, or ``None``.
       shapes_only: an abstract init that needs only the shapes of the params
         (summaries, parameter checks): fundl's layers skip their initialisers.
+      symbolic_size: the size a symbolic dimension (``jax.export`` shape
+        polymorphism: the batch of ``fundl.export``) stands for where fundl needs
+        a number: the params check and the choice of a conv lowering (see
+        :func:`concrete`).
     """
 
     path: tuple = ()
@@ -69,6 +73,7 @@ class Context:
     expected: Any = None
     frame: Any = None
     shapes_only: bool = False
+    symbolic_size: int = 1
 
 
 class InitFrame:
@@ -104,6 +109,18 @@ def scope(name: str):
     ctx = _CONTEXT.get()
     with using(path=ctx.path + (name,)) as new:
         yield new
+
+
+def concrete(d) -> int:
+    """A dimension as an int: a symbolic one (``jax.export``) as the context's ``symbolic_size``.
+
+    Example:
+      >>> concrete(3)
+      3
+    """
+    from jax import export  # noqa: PLC0415  (lazy: this module needs jax for nothing else)
+
+    return _CONTEXT.get().symbolic_size if export.is_symbolic_dim(d) else int(d)
 
 
 def current_path() -> str:

@@ -17,6 +17,16 @@ class ConfigError(FundlError):
     """A layer or function was given an invalid hyper-parameter."""
 
 
+class CorruptFileError(FundlError):
+    """A file cannot be read as a fundl.io file: empty, truncated, damaged (its structure or
+    a checksum fails) or of an unknown format. The message names the file and the fault."""
+
+
+class NotFundlFileError(FundlError):
+    """A readable file that fundl.io did not write: a PyTorch checkpoint (zip or pickle), or a
+    safetensors file without fundl.io's metadata. PyTorch state_dicts go through fundl.interop."""
+
+
 def where(name):
     """Prefix for messages: ``"conv: "`` or ``"Conv 'features/conv1': "``."""
     return f"{name}: " if name else ""

@@ -191,7 +191,8 @@ def choose_conv(x_shape, w_shape, strides, padding, lhs_dilation, rhs_dilation, 
         return "im2col"
     out = _out_size([L + lo + hi for L, (lo, hi) in zip(x_shape[1:-1], padding)], kernel,
                     strides, rhs_dilation)
-    nbytes = x_shape[0] * math.prod(out) * taps * c_in * itemsize
+    # a symbolic batch (a batch-polymorphic export) decides as the size it stands for
+    nbytes = _context.concrete(x_shape[0]) * math.prod(out) * taps * c_in * itemsize
     # Huge kernels (e.g. a dense layer turned into a 28x28 convolution) would gather
     # hundreds of views: slow to compile, and no faster.
     if nbytes > _IM2COL_MAX_BYTES or taps > _IM2COL_MAX_TAPS:

@@ -42,16 +42,24 @@ class Expected(NamedTuple):
         if want is None:
             return
         got = _shape_of(y)
-        if got != want:
+        if not _fits(got, want):
             raise ShapeError(f"{layer.label()}: forward returned shape {got} but build promised "
                              f"{want} for the same input; make forward and build agree (the "
                              "layers after it were built for the promised shape)")
 
 
 def _shape_of(y):
+    """The shape of ``y`` (nested tuples for tuple outputs); symbolic dimensions as None."""
     if isinstance(y, (tuple, list)):
         return tuple(_shape_of(a) for a in y)
-    return tuple(int(d) for d in np.shape(y))
+    return tuple(None if jax.export.is_symbolic_dim(d) else int(d) for d in np.shape(y))
+
+
+def _fits(got, want) -> bool:
+    """``got == want``, where a None in ``got`` (a symbolic dimension) matches any size."""
+    if isinstance(got, tuple) and isinstance(want, tuple):
+        return len(got) == len(want) and all(_fits(g, w) for g, w in zip(got, want))
+    return got is None or got == want
 
 
 def input_shapes(x):
@@ -71,7 +79,8 @@ def input_shapes(x):
     shape = getattr(x, "shape", None)
     if shape is None:
         return None
-    return tuple(int(d) for d in shape)
+    # a symbolic dimension (a batch-polymorphic export) as the size it stands for
+    return tuple(_context.concrete(d) for d in shape)
 
 
 def _holds_array(x) -> bool:

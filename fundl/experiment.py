@@ -11,6 +11,12 @@ output directory ``OUT``::
                            written with Orbax (atomic: a directory appears only when
                            complete); the two newest are kept
 
+and, when asked, files outside ``OUT``: ``export_params`` (the final params and
+state, :func:`fundl.io.save`) and ``export_model`` (the final model as
+:func:`fundl.export` bytes). ``init_from`` starts training from a params file
+instead of a fresh initialisation; :func:`export_checkpoint` turns any
+checkpoint into a params file.
+
 Reproducibility: epoch ``e`` (0-based) visits the training set in the order
 ``fundl.data.batches(..., seed=seed, epoch=e)`` gives, and step ``i`` of it
 gets the key ``fold_in(fold_in(key(seed), e), i)`` (dropout, augmentation).
@@ -20,7 +26,7 @@ bit for bit, those of an uninterrupted run.
 
 Helpers shared by the runners: :func:`make_schedule`, :func:`make_optimizer`,
 :func:`add_training_flags`, :func:`read_metrics`, :func:`plot_curves`,
-:func:`load_checkpoint`.
+:func:`load_checkpoint`, :func:`export_checkpoint`.
 """
 from __future__ import annotations
 
@@ -38,19 +44,22 @@ import numpy as np
 import optax
 
 from . import _loop
+from . import io as _io
 from . import train as _train  # module lookup: train.evaluate is the one evaluator
-from ._errors import ConfigError, ShapeError
+from ._errors import ConfigError, NotFundlFileError, ShapeError
+from ._export import export as _export_model
 from ._layer import Layer
 from .data import batches, prefetch_to_device
 from .train import make_train_step, param_labels
 
-__all__ = ["run", "load_checkpoint", "load_splits", "steps_per_epoch", "make_schedule", "make_optimizer", "add_training_flags", "read_metrics",
+__all__ = ["run", "load_checkpoint", "export_checkpoint", "load_splits", "steps_per_epoch", "make_schedule", "make_optimizer", "add_training_flags", "read_metrics",
            "plot_curves", "SCHEDULES", "OPTIMIZERS"]
 
 SCHEDULES = ("constant", "step", "cosine")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 # Settings that may change between a run and its --resume without changing the result.
-_RESUMABLE_CHANGES = {"resume", "progress", "out", "data_dir", "stop_after", "epochs"}
+_RESUMABLE_CHANGES = {"resume", "progress", "out", "data_dir", "stop_after", "epochs",
+                      "export_params", "export_model"}
 _KEEP_CHECKPOINTS = 2
 
 
@@ -137,7 +146,9 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
 
     Flags: ``--epochs --batch-size --optimizer --lr --momentum --weight-decay
     --schedule --seed --out --resume --stop-after --no-progress --limit-train
-    --limit-test --eval-batch-size --data-parallel``.
+    --limit-test --eval-batch-size --data-parallel --init-from --export-params
+    --export-model`` (the last three: :func:`run`'s ``init_from``,
+    ``export_params``, ``export_model``).
     """
     a = parser.add_argument
     a("--epochs", type=int, default=epochs, help=f"passes over the training set (default {epochs})")
@@ -166,6 +177,18 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
       help="data parallel over all devices (of every process when FUNDL_COORDINATOR, "
            "FUNDL_NUM_PROCESSES, FUNDL_PROCESS_ID are set); --batch-size is the global batch, "
            "divisible by the device count")
+    a("--init-from", type=pathlib.Path, default=None, metavar="FILE",
+      help="start from the params and state in FILE (fundl.io.save, --export-params or "
+           "fundl.experiment.export_checkpoint), checked against the model; the optimizer "
+           "starts fresh")
+    a("--export-params", type=pathlib.Path, default=None, metavar="FILE",
+      help="after the last epoch of this invocation (epoch E with --stop-after E), write the "
+           "params and state to FILE with fundl.io.save (.safetensors; the model's repr and "
+           "the run's config in its metadata)")
+    a("--export-model", type=pathlib.Path, default=None, metavar="FILE",
+      help="after the last epoch, write the model as fundl.export bytes to FILE (StableHLO and "
+           "weights, any batch size; run it with fundl.load_exported(FILE) on input normalised "
+           "as in training)")
 
 
 def load_splits(name: str, *, image_shape: tuple[int, int, int], data_dir=None, source: str = "auto",
@@ -329,6 +352,39 @@ def load_checkpoint(out, epoch: int | None = None) -> tuple[int, dict]:
     return epoch, dict(got)
 
 
+def export_checkpoint(out, path, epoch: int | None = None, *, model: Layer | None = None,
+                      metadata: Mapping[str, str] | None = None) -> int:
+    """Write a checkpoint's params and state to a fundl.io file (for ``--init-from``, sharing).
+
+    Args:
+      out: the run's output directory (holding ``checkpoints/``).
+      path: the ``.safetensors`` file to write (atomically, :func:`fundl.io.save`).
+      epoch: which epoch's checkpoint; ``None`` for the latest.
+      model: the run's model, to record its ``repr`` (the checkpoint does not know it).
+      metadata: extra ``{str: str}`` entries; ``epoch`` and, when ``out/config.json``
+        exists, ``config`` (its text) are recorded anyway.
+
+    Returns:
+      The epoch written.
+
+    Raises:
+      ConfigError: no such checkpoint (as :func:`load_checkpoint`).
+
+    Example (after ``python experiments/mnist.py --out runs/mnist``)::
+
+        epoch = export_checkpoint("runs/mnist", "mnist.safetensors")
+        params, state = fundl.io.load("mnist.safetensors")
+    """
+    epoch, tree = load_checkpoint(out, epoch)
+    meta = {"epoch": str(epoch)}
+    config = pathlib.Path(out) / "config.json"
+    if config.is_file():
+        meta["config"] = config.read_text()
+    _io.save(path, tree["params"], tree.get("state") or {}, model=model,
+             metadata={**meta, **dict(metadata or {})})
+    return epoch
+
+
 # -- the loop ----------------------------------------------------------------------
 
 def _check_config(out: pathlib.Path, config: Mapping[str, Any], resume: bool,
@@ -360,7 +416,8 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         augment: Callable | None = None, resume: bool = False, stop_after: int | None = None,
         progress: bool = True, eval_batch_size: int = 1000, config: Mapping[str, Any] | None = None,
         learning_rate: Callable | float | None = None, log_every: int = 10,
-        title: str = "", data_parallel: bool = False) -> list[dict]:
+        title: str = "", data_parallel: bool = False, init_from=None, export_params=None,
+        export_model=None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs with checkpoints, metrics and curves in ``out``.
 
     Args:
@@ -396,6 +453,20 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         ``config.json``, ``metrics.jsonl`` and ``curves.png``, and every process
         takes part in the Orbax checkpoints. Evaluation runs on each process's
         first device's copy of the (replicated) trees, over the whole test set.
+      init_from: a params file (:func:`fundl.io.save`, ``export_params`` or
+        :func:`export_checkpoint`) to start from instead of a fresh
+        initialisation: checked against ``model`` for a batch of ``x_train``,
+        cast to the dtypes a fresh init has; the optimizer state starts fresh.
+        Ignored when ``resume`` finds a checkpoint (training continues from it).
+      export_params: after the last epoch this call trains (epoch ``stop_after``
+        when given; the restored epoch when there is nothing left to train), write
+        the params and state to this file with :func:`fundl.io.save`, with the
+        model's ``repr`` and the metadata ``epoch`` (the epochs done),
+        ``test_accuracy`` (that epoch's) and ``config`` (``config`` as JSON).
+        Process 0 writes it.
+      export_model: likewise, :func:`fundl.export` bytes of the final model
+        (batch-polymorphic, traced for a batch of ``eval_batch_size``, on input
+        after ``transform``; ``fundl.load_exported`` runs them).
 
     Returns:
       All epoch records of the run (those restored from ``metrics.jsonl`` on
@@ -404,6 +475,7 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
     x_train, y_train, test, steps = _check_run_args(
         model, train, test, epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size,
         log_every=log_every, data_parallel=data_parallel)
+    _check_export_paths(export_params=export_params, export_model=export_model)
     primary = jax.process_index() == 0  # the one process that writes logs and plots
     transform = transform or (lambda a: np.asarray(a, np.float32))
     out = pathlib.Path(out)
@@ -416,7 +488,8 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
     t_run = time.perf_counter()
     root = jax.random.key(seed)
     trees, manager, start, records = _init_or_restore(
-        model, optimizer, root, (batch_size, *x_train.shape[1:]), out, resume=resume, primary=primary)
+        model, optimizer, root, (batch_size, *x_train.shape[1:]), out, resume=resume,
+        primary=primary, init_from=init_from)
     step_fn = make_train_step(model, optimizer, parallel="sharded" if data_parallel else None)
     step = _train_step_with_augment(step_fn, augment, data_parallel)
     epoch_batches = _data_pipeline(step_fn, x_train, y_train, batch_size=batch_size, seed=seed,
@@ -436,6 +509,10 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         _write_epoch(out, records, title=title, primary=primary, epochs=epochs)
     manager.wait_until_finished()
     manager.close()
+    if primary and (export_params is not None or export_model is not None):
+        _export_final(model, *_local(trees[:2]), max(start, last), records, params_path=export_params,
+                      model_path=export_model, config=config,
+                      input_shape=(eval_batch_size, *x_train.shape[1:]))
     _report(records, start=start, last=last, epochs=epochs, out=out, seconds=time.perf_counter() - t_run,
             untrained=lambda: test_metrics(trees))
     return records
@@ -464,9 +541,23 @@ def _check_run_args(model, train, test, *, epochs, batch_size, eval_batch_size, 
     return x_train, y_train, test, steps
 
 
+def _check_export_paths(**paths) -> None:
+    """Fail before training, not after it, when an export file cannot be written."""
+    for arg, path in paths.items():
+        if path is None:
+            continue
+        path = pathlib.Path(path)
+        problem = ("it is a directory" if path.is_dir() else
+                   f"the directory {path.parent} does not exist" if not path.parent.is_dir() else None)
+        if problem:
+            raise ConfigError(f"run: {arg}={str(path)!r} must name a file in an existing "
+                              f"directory; {problem}")
+
+
 def _init_or_restore(model, optimizer, root, input_shape, out: pathlib.Path, *, resume: bool,
-                     primary: bool):
-    """Fresh ``(params, state, opt_state)`` from ``root``, or the latest checkpoint's on ``resume``.
+                     primary: bool, init_from=None):
+    """Fresh ``(params, state, opt_state)`` from ``root`` (or ``init_from``'s params and state),
+    or the latest checkpoint's on ``resume``.
 
     Returns:
       ``(trees, manager, start, records)``: the trees, the open checkpoint manager,
@@ -474,8 +565,10 @@ def _init_or_restore(model, optimizer, root, input_shape, out: pathlib.Path, *, 
     """
     # One compiled init instead of one small compilation per layer.
     _, params, state = jax.jit(model.init_with_state, static_argnums=1)(root, input_shape)
-    opt_state = jax.jit(optimizer.init)(params)
     manager = _checkpoint_manager(out / "checkpoints")
+    if init_from is not None and not (resume and manager.latest_step() is not None):
+        params, state = _init_from(init_from, model, input_shape, params, state)
+    opt_state = jax.jit(optimizer.init)(params)
     start = 0
     records: list[dict] = []
     if resume:
@@ -490,6 +583,45 @@ def _init_or_restore(model, optimizer, root, input_shape, out: pathlib.Path, *, 
     if primary:
         _write_metrics(out / "metrics.jsonl", records)
     return (params, state, opt_state), manager, start, records
+
+
+def _init_from(path, model, input_shape, params, state):
+    """``(params, state)`` read from ``path``, checked against ``model``, cast to the dtypes of
+    the fresh ``params``/``state``; a file fundl.io did not write goes to :func:`_load_init`."""
+    try:
+        loaded = _io.load(path, model=model, input_shape=input_shape)
+    except NotFundlFileError:
+        loaded = _load_init(path, model, input_shape)
+    params, state = jax.tree.map(lambda a, fresh: jax.numpy.asarray(a, fresh.dtype), loaded,
+                                 (params, state))
+    print(f"initialised from {path}", flush=True)
+    return params, state
+
+
+def _load_init(path, model, input_shape):
+    """``(params, state)`` for ``model`` from a file that is not a fundl.io file.
+
+    The one place for other formats (a PyTorch ``.pt``/``.pth``/``.safetensors``
+    state_dict); for now every such file is refused.
+    """
+    raise ConfigError(f"run: init_from={str(path)!r} is not a fundl.io file; PyTorch state_dicts "
+                      "need fundl.interop. fundl.io files come from fundl.io.save, --export-params "
+                      "or fundl.experiment.export_checkpoint")
+
+
+def _export_final(model, params, state, epoch: int, records, *, params_path, model_path, config,
+                  input_shape) -> None:
+    """Write ``export_params`` / ``export_model`` (see :func:`run`) for the trees after ``epoch``."""
+    meta = {"epoch": str(epoch), "config": json.dumps(dict(config or {}), default=str, sort_keys=True)}
+    if records and records[-1]["epoch"] == epoch:
+        meta["test_accuracy"] = repr(records[-1]["test_accuracy"])
+    if params_path is not None:
+        _io.save(params_path, params, state, model=model, metadata=meta)
+        print(f"wrote params and state after epoch {meta['epoch']} to {params_path}", flush=True)
+    if model_path is not None:
+        data = _export_model(model, params, state, input_shape, metadata=meta)
+        _io._write_atomic(pathlib.Path(model_path), data, "run: export_model")
+        print(f"wrote the exported model after epoch {meta['epoch']} to {model_path}", flush=True)
 
 
 def _train_step_with_augment(step_fn, augment, data_parallel):

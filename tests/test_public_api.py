@@ -38,7 +38,8 @@ PRIVATE_ON_PURPOSE = {
 # Every public module (the ``Public surface`` list in fundl/__init__.py).
 PUBLIC_MODULES = ("fundl", "fundl.layers", "fundl.functional", "fundl.train", "fundl.models",
                   "fundl.data", "fundl.experiment", "fundl.autodiff", "fundl.viz",
-                  "fundl.distributed", "fundl.surgery", "fundl.initializers", "fundl.interop")
+                  "fundl.distributed", "fundl.surgery", "fundl.initializers", "fundl.interop",
+                  "fundl.io")
 
 
 def _private_prefix(dotted: str) -> str | None:
