@@ -179,8 +179,9 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
            "divisible by the device count")
     a("--init-from", type=pathlib.Path, default=None, metavar="FILE",
       help="start from the params and state in FILE (fundl.io.save, --export-params or "
-           "fundl.experiment.export_checkpoint), checked against the model; the optimizer "
-           "starts fresh")
+           "fundl.experiment.export_checkpoint) or from a PyTorch state_dict (.pt/.pth/.bin/"
+           ".safetensors, names as fundl.interop.torch_names), checked against the model; the "
+           "optimizer starts fresh")
     a("--export-params", type=pathlib.Path, default=None, metavar="FILE",
       help="after the last epoch of this invocation (epoch E with --stop-after E), write the "
            "params and state to FILE with fundl.io.save (.safetensors; the model's repr and "
@@ -454,7 +455,8 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         takes part in the Orbax checkpoints. Evaluation runs on each process's
         first device's copy of the (replicated) trees, over the whole test set.
       init_from: a params file (:func:`fundl.io.save`, ``export_params`` or
-        :func:`export_checkpoint`) to start from instead of a fresh
+        :func:`export_checkpoint`) or a PyTorch state_dict file (read by
+        :func:`fundl.interop.from_torch`) to start from instead of a fresh
         initialisation: checked against ``model`` for a batch of ``x_train``,
         cast to the dtypes a fresh init has; the optimizer state starts fresh.
         Ignored when ``resume`` finds a checkpoint (training continues from it).
@@ -599,14 +601,17 @@ def _init_from(path, model, input_shape, params, state):
 
 
 def _load_init(path, model, input_shape):
-    """``(params, state)`` for ``model`` from a file that is not a fundl.io file.
+    """``(params, state)`` for ``model`` from a file that is not a fundl.io file: a PyTorch
+    state_dict (``.pt``/``.pth``/``.bin`` or ``.safetensors``), read by
+    :func:`fundl.interop.from_torch` (strict: every key used, every param set)."""
+    from . import interop
 
-    The one place for other formats (a PyTorch ``.pt``/``.pth``/``.safetensors``
-    state_dict); for now every such file is refused.
-    """
-    raise ConfigError(f"run: init_from={str(path)!r} is not a fundl.io file; PyTorch state_dicts "
-                      "need fundl.interop. fundl.io files come from fundl.io.save, --export-params "
-                      "or fundl.experiment.export_checkpoint")
+    suffix = pathlib.Path(path).suffix.lower()
+    if suffix not in (".pt", ".pth", ".bin", ".safetensors"):
+        raise ConfigError(f"run: init_from={str(path)!r} is neither a fundl.io file nor a PyTorch "
+                          "state_dict (.pt, .pth, .bin or .safetensors); fundl.io files come from "
+                          "fundl.io.save, --export-params or fundl.experiment.export_checkpoint")
+    return interop.from_torch(model, str(path), input_shape=input_shape)
 
 
 def _export_final(model, params, state, epoch: int, records, *, params_path, model_path, config,

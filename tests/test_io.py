@@ -417,13 +417,34 @@ def test_mnist_runner_exports_params_and_model_and_starts_from_them(tmp_path, ca
 
 
 @pytest.mark.slow
+def test_runner_init_from_a_pytorch_state_dict(tmp_path, capsys):
+    # a torch.save'd state_dict in the names of the equivalent nn.Sequential (fundl.interop)
+    import torch
+
+    mnist = _runner("mnist")
+    net = M.convnet_mnist(10)
+    _, params = net.init(jax.random.key(3), (1, 28, 28, 1))
+    sd = fundl.interop.to_torch(net, params, {})
+    pt = tmp_path / "convnet.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, pt)
+    q = tmp_path / "q.safetensors"
+    mnist.main([*_TINY, "--epochs", "0", "--out", str(tmp_path / "z"), "--init-from", str(pt),
+                "--export-params", str(q)])
+    assert f"initialised from {pt}" in capsys.readouterr().out
+    _assert_same_trees(fio.load(q)[0], params)
+    del sd["9.bias"]                                    # strict: a missing key is an error
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, pt)
+    with pytest.raises(fundl.interop.StateDictError, match="9.bias"):
+        mnist.main([*_TINY, "--epochs", "0", "--out", str(tmp_path / "y"), "--init-from", str(pt)])
+
+
+@pytest.mark.slow
 def test_runner_init_from_refuses_other_files_and_models(tmp_path):
     mnist = _runner("mnist")
-    pt = tmp_path / "resnet.pt"
-    with zipfile.ZipFile(pt, "w") as z:  # what torch.save writes
-        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
-    with pytest.raises(fundl.ConfigError, match="is not a fundl.io file; PyTorch state_dicts need fundl.interop"):
-        mnist.main([*_TINY, "--epochs", "1", "--out", str(tmp_path / "a"), "--init-from", str(pt)])
+    bad = tmp_path / "weights.npz"
+    bad.write_bytes(b"PK\x03\x04 not a params file")
+    with pytest.raises(fundl.ConfigError, match="neither a fundl.io file nor a PyTorch state_dict"):
+        mnist.main([*_TINY, "--epochs", "1", "--out", str(tmp_path / "a"), "--init-from", str(bad)])
     params, _ = _zeros_like_init(M.convnet_mnist(10), (1, 28, 28, 1))
     fio.save(tmp_path / "convnet.safetensors", params)
     with pytest.raises(fundl.ShapeError, match=r"Conv 'lenet5/conv1': params 'w' has shape \(5, 5, 1, 32\)"):
