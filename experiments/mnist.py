@@ -39,6 +39,10 @@ def parse_args(argv=None):
                    help="directory of the IDX files (or a TFDS data dir); $FUNDL_DATA_DIR is tried next")
     p.add_argument("--synthetic", type=int, default=None, metavar="N",
                    help="train and test on N random 28x28 images instead of real data (smoke tests)")
+    p.add_argument("--classes", default=None, metavar="SPEC",
+                   help="train and test on these digits only, e.g. '0-4' (labels renumbered "
+                        "0..k-1 in order; the model gets k outputs): the pretraining half of "
+                        "experiments/finetune.py")
     p.add_argument("--model", choices=MODELS, default="convnet_mnist",
                    help="convnet_mnist: conv32k5-maxpool3-relu-conv64k5-maxpool2-relu-fc200-relu-fc10; "
                         "lenet5: LeNet-5 (tanh); mlp: 784-512-256-10 (ReLU)")
@@ -48,20 +52,29 @@ def parse_args(argv=None):
 
 
 def load_data(args):
-    """``(train, test, description)``; train/test are ``(x uint8 [N, 28, 28, 1], y int32 [N])``."""
+    """``(train, test, description)``; train/test are ``(x uint8 [N, 28, 28, 1], y int32 [N])``,
+    restricted to ``--classes`` (relabelled) when given."""
+    from fundl.data import parse_classes, select_classes
     from fundl.experiment import load_splits
 
-    return load_splits(args.dataset, image_shape=(28, 28, 1), data_dir=args.data_dir,
-                       synthetic=args.synthetic, seed=args.seed, limit_train=args.limit_train,
-                       limit_test=args.limit_test)
+    classes = parse_classes(args.classes, "--classes") if args.classes else None
+    train, test, source = load_splits(
+        args.dataset, image_shape=(28, 28, 1), data_dir=args.data_dir, synthetic=args.synthetic,
+        seed=args.seed, limit_train=None if classes else args.limit_train,
+        limit_test=None if classes else args.limit_test)
+    if classes:
+        train = select_classes(*train, classes, limit=args.limit_train)
+        test = select_classes(*test, classes, limit=args.limit_test)
+        source += f", digits {args.classes}"
+    return train, test, source
 
 
-def build_model(name: str):
+def build_model(name: str, num_classes: int = 10):
     from fundl import models
 
     if name == "mlp":
-        return models.mlp([512, 256, 10], name="mlp")
-    return getattr(models, name)(10)
+        return models.mlp([512, 256, num_classes], name="mlp")
+    return getattr(models, name)(num_classes)
 
 
 def main(argv=None):
@@ -78,7 +91,8 @@ def main(argv=None):
 
     train, test, source = load_data(args)
     norm = D.standardizer(train[0])  # training-set statistics only
-    model = build_model(args.model)
+    from fundl.data import parse_classes
+    model = build_model(args.model, len(parse_classes(args.classes)) if args.classes else 10)
     lr = make_schedule(args.schedule, args.lr, epochs=args.epochs,
                        steps_per_epoch=steps_per_epoch(len(train[0]), args.batch_size))
     opt = make_optimizer(args.optimizer, lr, momentum=args.momentum, weight_decay=args.weight_decay)

@@ -477,7 +477,7 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
     x_train, y_train, test, steps = _check_run_args(
         model, train, test, epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size,
         log_every=log_every, data_parallel=data_parallel)
-    _check_export_paths(export_params=export_params, export_model=export_model)
+    _check_export_paths(pathlib.Path(out), export_params=export_params, export_model=export_model)
     primary = jax.process_index() == 0  # the one process that writes logs and plots
     transform = transform or (lambda a: np.asarray(a, np.float32))
     out = pathlib.Path(out)
@@ -543,17 +543,20 @@ def _check_run_args(model, train, test, *, epochs, batch_size, eval_batch_size, 
     return x_train, y_train, test, steps
 
 
-def _check_export_paths(**paths) -> None:
-    """Fail before training, not after it, when an export file cannot be written."""
+def _check_export_paths(out: pathlib.Path, **paths) -> None:
+    """Fail before training, not after it, when an export file cannot be written: it must be
+    in an existing directory, or in the run's ``out`` directory (which the run creates)."""
     for arg, path in paths.items():
         if path is None:
             continue
         path = pathlib.Path(path)
+        in_out = path.parent.resolve() == out.resolve()
         problem = ("it is a directory" if path.is_dir() else
-                   f"the directory {path.parent} does not exist" if not path.parent.is_dir() else None)
+                   f"the directory {path.parent} does not exist"
+                   if not (path.parent.is_dir() or in_out) else None)
         if problem:
             raise ConfigError(f"run: {arg}={str(path)!r} must name a file in an existing "
-                              f"directory; {problem}")
+                              f"directory (or in --out); {problem}")
 
 
 def _init_or_restore(model, optimizer, root, input_shape, out: pathlib.Path, *, resume: bool,

@@ -8,6 +8,7 @@ Public surface:
   * :func:`load` (``'mnist'``, ``'fashion_mnist'``, ``'cifar10'``, ``'digits'``)
     and :func:`load_idx`, returning a :class:`Dataset`;
   * :func:`standardizer` -> :class:`Standardizer`;
+  * :func:`select_classes` (a subset by label, relabelled), :func:`parse_classes`;
   * :func:`batches`, :func:`num_batches`, :func:`prefetch_to_device`;
   * :func:`random_crop`, :func:`random_flip`, :func:`augment_cifar`;
   * errors :class:`DataUnavailableError`, :class:`CorruptDataError`
@@ -32,11 +33,13 @@ from ._iterator import batches as batches
 from ._iterator import num_batches as num_batches
 from ._load import load as load
 from ._prefetch import prefetch_to_device as prefetch_to_device
+from ._select import parse_classes as parse_classes
+from ._select import select_classes as select_classes
 from ._standardize import Standardizer as Standardizer
 from ._standardize import standardizer as standardizer
 
 __all__ = [
     "Dataset", "load", "load_idx", "DataUnavailableError", "CorruptDataError",
     "Standardizer", "standardizer", "batches", "num_batches", "prefetch_to_device",
-    "random_crop", "random_flip", "augment_cifar",
+    "random_crop", "random_flip", "augment_cifar", "select_classes", "parse_classes",
 ]
