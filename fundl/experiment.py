@@ -315,20 +315,26 @@ def _restore(manager, like):
     return epoch, got.train
 
 
-def load_checkpoint(out, epoch: int | None = None) -> tuple[int, dict]:
-    """Read a checkpoint written by :func:`run` (e.g. to evaluate or visualise a trained model).
+def load_checkpoint(out, epoch: int | None = None, *,
+                    optimizer: optax.GradientTransformation | None = None) -> tuple[int, dict]:
+    """Read a checkpoint written by :func:`run` (to evaluate, visualise or continue training).
 
     Args:
       out: the run's output directory (holding ``checkpoints/``).
       epoch: which epoch's checkpoint; ``None`` for the latest.
+      optimizer: the run's optimizer (e.g. ``make_optimizer('momentum', 0.1)``):
+        ``opt_state`` is then restored in Optax's own structure, ready for
+        ``make_train_step(model, optimizer)`` to continue training.
 
     Returns:
       ``(epoch, tree)`` with ``tree = {'params', 'state', 'opt_state'}``; ``params``
       and ``state`` have the model's nested-dict structure (NumPy arrays),
-      ``opt_state`` Orbax's generic form (lists and dicts, not Optax's named tuples).
+      ``opt_state`` Optax's structure with ``optimizer``, else Orbax's generic
+      form (lists and dicts, not Optax's named tuples).
 
     Raises:
-      ConfigError: no such checkpoint.
+      ConfigError: no such checkpoint, or an ``optimizer`` whose state does not
+        have the checkpoint's structure.
     """
     import orbax.checkpoint as ocp
 
@@ -348,9 +354,34 @@ def load_checkpoint(out, epoch: int | None = None) -> tuple[int, dict]:
     with ocp.StandardCheckpointer() as reader:
         meta = reader.metadata(path)
         meta = getattr(meta, "item_metadata", meta)
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), meta)
-        got = jax.device_get(reader.restore(path, target))
+        target = dict(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev),
+                                   meta))
+        if optimizer is not None:
+            target["opt_state"] = _optax_target(optimizer, target, dev, path)
+        try:
+            got = jax.device_get(reader.restore(path, target))
+        except (ValueError, KeyError, TypeError) as e:
+            if optimizer is None:
+                raise
+            raise ConfigError(f"load_checkpoint: the optimizer state in {path} does not have the "
+                              "structure optimizer.init gives; was the run trained with this "
+                              f"optimizer (and frozen parts)? ({type(e).__name__}: "
+                              f"{str(e)[:200]})") from None
     return epoch, dict(got)
+
+
+def _optax_target(optimizer, target, dev, path):
+    """Abstract ``optimizer.init(params)`` placed on ``dev``, as a restore target."""
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise ConfigError(f"load_checkpoint: optimizer must be an optax GradientTransformation; "
+                          f"got {type(optimizer).__name__}")
+    want = jax.eval_shape(optimizer.init, target["params"])
+    got_n = len(jax.tree.leaves(target["opt_state"]))
+    if len(jax.tree.leaves(want)) != got_n:
+        raise ConfigError(f"load_checkpoint: the optimizer state in {path} has {got_n} arrays but "
+                          f"optimizer.init gives {len(jax.tree.leaves(want))}; was the run "
+                          "trained with this optimizer?")
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), want)
 
 
 def export_checkpoint(out, path, epoch: int | None = None, *, model: Layer | None = None,

@@ -126,6 +126,24 @@ def _mnist_args(out, *extra):
             "--optimizer", "momentum", "--schedule", "cosine", "--weight-decay", "1e-4", *extra]
 
 
+def test_continue_training_from_a_checkpoint_with_its_optax_state(tmp_path):
+    out = tmp_path / "run"
+    mnist_runner.main(_mnist_args(out, "--epochs", "1"))
+    lr = E.make_schedule("cosine", 0.1, epochs=1, steps_per_epoch=6)   # as the run's
+    opt = E.make_optimizer("momentum", lr, momentum=0.9, weight_decay=1e-4)
+    epoch, tree = E.load_checkpoint(out, optimizer=opt)
+    params, state, opt_state = tree["params"], tree["state"], tree["opt_state"]
+    want = jax.eval_shape(opt.init, params)
+    assert jax.tree.structure(opt_state) == jax.tree.structure(want)
+    model = fundl.models.convnet_mnist()
+    step = fundl.train.make_train_step(model, opt)
+    x = np.random.default_rng(0).normal(size=(40, 28, 28, 1)).astype(np.float32)
+    params, state, opt_state, m = step(params, state, opt_state, (x, np.zeros(40, np.int32)), None)
+    assert np.isfinite(float(m["loss"]))
+    with pytest.raises(fundl.ConfigError, match="was the run trained with this optimizer"):
+        E.load_checkpoint(out, optimizer=optax.adam(1e-3))
+
+
 def test_mnist_resume_equals_uninterrupted(tmp_path, capsys):
     """2 epochs in one go == 1 epoch, stop, --resume 1 epoch: parameter for parameter."""
     straight, split = tmp_path / "straight", tmp_path / "split"
