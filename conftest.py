@@ -20,6 +20,17 @@ if os.environ.get("FUNDL_TEST_JAX_CACHE", "1") != "0":
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# Doctests that compile a whole model: the slow tier (they run in the full suite).
+SLOW_DOCTESTS = {"fundl.models.convolutionize", "fundl.models.lenet5", "fundl.models.context_module",
+                 "fundl._autodiff.hessian", "fundl._norm.BatchNorm", "fundl._blocks.Bottleneck"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if type(item).__name__ == "DoctestItem" and item.name in SLOW_DOCTESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def rng():
     """A NumPy generator with a fixed seed, so failures reproduce."""

@@ -345,6 +345,7 @@ def test_dp_sgd_grads_without_noise_is_the_clipped_mean_and_sensitivity_is_bound
 
 # -- gradient penalty ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gradient_penalty_matches_per_example_loop_and_is_differentiable(rng):
     net, p, x, _ = setup_mlp(rng, n=4)
     f = lambda p, x: jnp.sum(net.apply(p, x) ** 2, axis=1)           # [N]
@@ -394,6 +395,7 @@ def test_shared_weight_gradient_is_the_sum_over_uses(rng):
 
 # -- check_grads -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_check_grads_passes_on_a_network(rng):
     net, p, x, y = setup_mlp(rng, n=3)
     report = AD.check_grads(mse(net), (p, x, y), order=2, num_directions=2)

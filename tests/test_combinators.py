@@ -174,6 +174,7 @@ def test_residual_identity_and_projection():
     assert set(same.init(KEY, (2, 4))[1]) == {"body"}
 
 
+@pytest.mark.slow
 def test_basic_block_param_counts_and_shapes():
     out, params, state = L.BasicBlock(64).init(KEY, (1, 8, 8, 64))
     assert out == (1, 8, 8, 64) and "shortcut" not in params
@@ -184,6 +185,7 @@ def test_basic_block_param_counts_and_shapes():
     assert paths(state)[:2] == ["body/bn1/mean", "body/bn1/var"]
 
 
+@pytest.mark.slow
 def test_bottleneck_param_counts_and_shapes():
     out, params, _ = L.Bottleneck(64).init(KEY, (1, 8, 8, 64))
     assert out == (1, 8, 8, 256)
@@ -291,6 +293,7 @@ def test_graph_config_errors():
         bad.init(KEY, (1, 5))
 
 
+@pytest.mark.slow
 def test_higher_order_grad_through_dag():
     net = L.Residual(L.Serial(L.Dense(3), L.Tanh(), L.Dense(3)))
     _, params = net.init(KEY, (2, 3))

@@ -558,6 +558,7 @@ def test_prefetch_stops_cleanly():
 
 # -- augmentations -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_augment_shapes_dtypes():
     key = jax.random.key(0)
     for x in (jnp.ones((5, 32, 32, 3), jnp.float32), jnp.ones((4, 7, 9, 1), jnp.uint8)):

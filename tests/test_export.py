@@ -34,6 +34,7 @@ def _x(shape, seed=1):
     return jax.random.normal(jax.random.key(seed), shape)
 
 
+@pytest.mark.slow
 def test_convnet_mnist_exported_equals_apply_for_other_batch_sizes():
     net = M.convnet_mnist(10)
     params, _ = _init(net, (8, 28, 28, 1))
@@ -51,6 +52,7 @@ def _stateful_net():
                     L.Dropout(0.5), L.Dense(4, name="head"), name="small")
 
 
+@pytest.mark.slow
 def test_stateful_model_exported_equals_eval_apply():
     net = _stateful_net()
     params, state = _init(net, (4, 8, 8, 3))

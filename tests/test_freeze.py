@@ -99,6 +99,7 @@ def test_scan_runs_unrolled_under_a_train_mapping():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_fit_with_frozen_and_errors():
     model = net()
     _, p, s = model.init(KEY, (16, 5))

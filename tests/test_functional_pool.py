@@ -220,6 +220,7 @@ def test_max_pool_matches_reference(case):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", AVG_CASES, ids=_ids(AVG_CASES))
 def test_avg_pool_matches_reference(case):
     i, (shape, k, s, p, ceil, div) = AVG_CASES.index(case), case
@@ -406,6 +407,7 @@ def test_max_pool_grads(rng):
         check_grads(jax.jit(_all_max_pools), xs, order=2, modes=["rev"])
 
 
+@pytest.mark.slow
 def test_max_pool_grad_matches_torch(rng):
     torch = pytest.importorskip("torch")
     xs = [_distinct(rng, (2, *shape, 2)) for shape, _ in GRAD_MAX]
@@ -424,6 +426,7 @@ def test_max_pool_grad_matches_torch(rng):
                                    err_msg=str(kw))
 
 
+@pytest.mark.slow
 def test_linear_pool_grads(rng):
     def pools(x):
         return (avg_pool(x, 3, 2, 1, ceil_mode=True),

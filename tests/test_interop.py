@@ -280,6 +280,7 @@ def test_lenet5_matches_torch():
     check_parity("lenet5", models.lenet5(activation="tanh"), torch_lenet5(), (3, 28, 28, 1))
 
 
+@pytest.mark.slow
 def test_resnet18_cifar_matches_torch():
     t = TorchResNet(TorchBasicBlock, (2, 2, 2, 2), 10, stem="cifar")
     check_parity("resnet18 cifar", models.resnet18(10, stem="cifar"), t, (2, 32, 32, 3))
@@ -549,6 +550,7 @@ def test_strict_reports_missing_unexpected_and_mismatched_together():
     assert isinstance(e.value, fundl.FundlError)
 
 
+@pytest.mark.slow
 def test_non_strict_loads_what_fits_and_warns_about_the_rest():
     model = models.convnet_mnist()
     sd = _broken_convnet_sd()

@@ -82,6 +82,7 @@ def test_evaluate_transform_is_applied_per_batch():
     assert sizes == [4, 4, 2] and got == want
 
 
+@pytest.mark.slow
 def test_fit_epoch_metrics_weight_a_partial_last_batch_by_its_size():
     """10 examples, batch 4: steps of 4, 4, 2 examples; the epoch mean weights them 4:4:2."""
     model, opt = _mlp(), optax.sgd(0.5)

@@ -99,6 +99,7 @@ def test_parameter_count(build, shape, count):
     assert n_params(params) == count
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build, shape, out", [z[1:3] + z[4:] for z in ZOO],
                          ids=[z[0] for z in ZOO])
 def test_output_shape(build, shape, out):
@@ -168,6 +169,7 @@ def test_forward_small(build, rng):
     assert y_train.shape == (4, 10)
 
 
+@pytest.mark.slow
 def test_mlp_structure_and_activations(rng):
     net = models.mlp((8, 6, 3), dropout=0.25, name="m")
     assert [type(c) for c in net.layers] == [

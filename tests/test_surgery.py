@@ -224,6 +224,7 @@ def test_adapt_resnet_new_head_keeps_backbone_bit_identical(resnet_init):
     assert y.shape == (1, 3)
 
 
+@pytest.mark.slow
 def test_adapt_after_an_edit_of_a_block_lists_exactly_the_edited_groups(resnet_init):
     old, p, s = resnet_init
     new = surgery.replace(old, "block2/body/bn1", L.Identity())
