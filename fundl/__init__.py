@@ -23,7 +23,8 @@ Public surface:
 """
 from . import (autodiff, data, distributed, experiment, functional, initializers, interop, io,
                layers, models, surgery, train, viz)
-from ._errors import ConfigError, FundlError, ShapeError
+from ._errors import (CheckpointError, ConfigError, DataError, DirectoryInUseError, FundlError,
+                      NonFiniteError, ShapeError)
 from ._export import export, load_exported
 from ._layer import Layer
 from ._summary import Summary, summary
@@ -32,4 +33,5 @@ from .train import count_params
 __version__ = "0.1.0"
 
 __all__ = ["autodiff", "viz", "data", "distributed", "experiment", "functional", "layers", "models", "surgery", "initializers", "interop", "train", "summary", "Summary", "Layer",
-           "count_params", "FundlError", "ShapeError", "ConfigError", "io", "export", "load_exported"]
+           "count_params", "FundlError", "ShapeError", "ConfigError", "DataError",
+           "NonFiniteError", "CheckpointError", "DirectoryInUseError", "io", "export", "load_exported"]
