@@ -24,19 +24,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import ConfigError
+from . import _datacheck
+from ._errors import ConfigError, NonFiniteError
 
 
 class EpochResult(NamedTuple):
     """What :func:`run_epoch` returns.
 
     Attributes:
-      trees: ``(params, state, opt_state)`` after the epoch's last step.
+      trees: ``(params, state, opt_state)`` after the epoch's last step; after a
+        stop on a non-finite value, the trees of the last good read instead.
       metrics: ``{name: float}``, each the mean over the epoch's examples of the
-        step's batch-mean metric (weighted by batch size).
+        step's batch-mean metric (weighted by batch size); with skipped steps
+        (``metrics['skipped']`` from a ``skip_nonfinite`` step) the means are over
+        the examples of the steps not skipped, and ``'skipped'`` is the number of
+        steps skipped.
       steps: the number of steps run.
       examples: the number of examples seen (global batch sizes summed).
       seconds: wall time from the first batch requested to the last read.
+      stopped: ``None``, or the message of a stop on a non-finite value
+        (``on_nonfinite='stop'``).
     """
 
     trees: tuple
@@ -44,18 +51,39 @@ class EpochResult(NamedTuple):
     steps: int
     examples: int
     seconds: float
+    stopped: str | None = None
+
+
+COUNTS = ("skipped",)  # 0/1 per step metrics that are summed over steps, not averaged
 
 
 @jax.jit
-def _weighted_sums(metrics: list, sizes):
-    """``{name: sum_j metrics[j][name] * sizes[j]}`` in float32, for a window of steps.
+def _weighted_sums(metrics: list, sizes, params):
+    """Window sums on the device, for ``k`` steps since the last read.
 
     Args:
       metrics: ``k`` dicts of scalar arrays (one per step), same keys.
       sizes: ``float32 [k]`` batch sizes.
+      params: the parameters after the window's last step (``None``: not checked).
+
+    Returns:
+      ``{name: sum_j metrics[j][name] * w_j}`` in float32 with ``w_j = sizes[j]``, or
+      ``sizes[j] * (1 - skipped_j)`` when the steps report ``'skipped'`` (a skipped
+      step's metrics count for nothing); ``'skipped'``: the number of skipped steps;
+      ``'_weight'``: ``sum_j w_j``; ``'_params_finite'``: every parameter is finite.
     """
-    return {name: jnp.sum(jnp.stack([jnp.asarray(m[name], jnp.float32) for m in metrics]) * sizes)
-            for name in metrics[0]}
+    stack = {name: jnp.stack([jnp.asarray(m[name], jnp.float32) for m in metrics])
+             for name in metrics[0]}
+    skipped = stack.get("skipped", jnp.zeros_like(sizes))
+    w = sizes * (1.0 - skipped)
+    out = {name: jnp.sum(v) if name in COUNTS else jnp.sum(jnp.where(w > 0, v, 0.0) * w)
+           for name, v in stack.items()}
+    out["_weight"] = jnp.sum(w)
+    out["_params_finite"] = _datacheck.all_finite(params)
+    return out
+
+
+_copy_trees = jax.jit(lambda trees: jax.tree.map(jnp.copy, trees))
 
 
 class _MetricSums:
@@ -65,23 +93,47 @@ class _MetricSums:
         self.pending, self.sizes = [], []  # device metrics and batch sizes not yet read
         self.sums: dict[str, float] = {}
         self.seen = 0
+        self.weight = 0.0
 
     def add(self, metrics, size: int) -> None:
         self.pending.append(metrics)
         self.sizes.append(size)
 
-    def read(self) -> None:
-        """Sum the pending steps on the device and add them up on the host (one sync)."""
+    def read(self, params=None) -> dict | None:
+        """Sum the pending steps on the device and add them up on the host (one sync).
+
+        Returns the window's values (``'_params_finite'`` included), ``None`` if no step.
+        """
         if not self.pending:
-            return
-        window = jax.device_get(_weighted_sums(self.pending, np.asarray(self.sizes, np.float32)))
+            return None
+        window = jax.device_get(_weighted_sums(self.pending, np.asarray(self.sizes, np.float32),
+                                               params))
+        self.weight += float(window["_weight"])
         for name, value in window.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            if not name.startswith("_"):
+                self.sums[name] = self.sums.get(name, 0.0) + float(value)
         self.seen += sum(self.sizes)
         self.pending, self.sizes = [], []
+        return window
 
     def means(self) -> dict[str, float]:
-        return {name: total / self.seen for name, total in self.sums.items()}
+        w = self.weight if self.weight else float("nan")
+        return {name: total if name in COUNTS else total / w for name, total in self.sums.items()}
+
+
+def nonfinite_message(where: str, window: dict, *, desc: str, first: int, last: int,
+                      action: str) -> str | None:
+    """The message for a read with a non-finite metric or parameter; ``None`` if all finite."""
+    bad = [(n, v) for n, v in window.items()
+           if not n.startswith("_") and n not in COUNTS and not np.isfinite(v)]
+    if not bad and bool(window["_params_finite"]):
+        return None
+    what = (f"the metric {bad[0][0]} is {bad[0][1]}" if bad
+            else "the parameters hold NaN/Inf (the loss was still finite)")
+    return (f"{where}: non-finite training in {desc or 'this epoch'}, steps {first}..{last} "
+            f"(1-based, the steps since the last good read): {what}. Likely causes: a learning "
+            "rate too high or diverging (try one 10x smaller; runners: --lr), NaN/Inf in the "
+            "data, float16 overflow (use precision='bfloat16' or float32). " + action)
 
 
 def _batch_size(batch) -> int:
@@ -94,7 +146,7 @@ def _show(bar, sums: _MetricSums, done: int, last: tuple[float, int]) -> tuple[f
     now = time.perf_counter()
     postfix = {"ex_s": f"{(sums.seen - last[1]) / max(now - last[0], 1e-9):.0f}"}
     if "loss" in sums.sums:
-        postfix = {"loss": f"{sums.sums['loss'] / sums.seen:.4f}", **postfix}  # running epoch mean
+        postfix = {"loss": f"{sums.sums['loss'] / max(sums.weight, 1e-9):.4f}", **postfix}  # running epoch mean
     bar.set_postfix(postfix, refresh=False)
     bar.update(done - bar.n)
     return now, sums.seen
@@ -102,7 +154,8 @@ def _show(bar, sums: _MetricSums, done: int, last: tuple[float, int]) -> tuple[f
 
 def run_epoch(step: Callable, trees: tuple, batches: Iterable, *,
               key_for_step: Callable[[int], Any], steps: int, progress: bool = True,
-              desc: str = "", log_every: int = 20) -> EpochResult:
+              desc: str = "", log_every: int = 20, on_nonfinite: str | None = None,
+              where: str = "run_epoch") -> EpochResult:
     """Run ``step`` over one epoch of ``batches``, with a progress bar and device-side metrics.
 
     Args:
@@ -118,20 +171,49 @@ def run_epoch(step: Callable, trees: tuple, batches: Iterable, *,
       progress: show a tqdm bar on stderr with the running mean loss and examples/s.
       desc: the bar's label, e.g. ``'epoch 2/10'``.
       log_every: steps between reads of the metrics from the device.
+      on_nonfinite: ``None``: no check. Otherwise every read (every ``log_every``
+        steps and at the end) also checks that the window's metrics and the
+        params are finite (no extra sync: one fused device reduction read with
+        the metrics) and on a non-finite value: ``'stop'``: end the epoch and
+        return the trees of the last good read (a copy of the trees is kept at
+        every good read: one tree copy per ``log_every`` steps, twice the
+        parameter and optimizer memory) with the message in
+        :attr:`EpochResult.stopped`; ``'raise'``: raise :class:`~fundl.NonFiniteError`;
+        ``'skip'``: like ``'raise'`` (the step itself skips bad updates, see
+        ``make_train_step(skip_nonfinite=True)``; a non-finite param is then unexpected).
+      where: the caller's name for messages (``'fit'``, ``'run'``).
 
     Returns:
-      An :class:`EpochResult` ``(trees, metrics, steps, examples, seconds)``.
+      An :class:`EpochResult` ``(trees, metrics, steps, examples, seconds, stopped)``.
 
     Raises:
       ConfigError: ``batches`` yielded more or fewer than ``steps`` batches.
+      NonFiniteError: a non-finite value with ``on_nonfinite`` ``'raise'`` or ``'skip'``.
     """
     from tqdm.auto import tqdm  # imported here: only the loop needs it
 
     t0 = time.perf_counter()
-    sums, done = _MetricSums(), 0
+    sums, done, good_step = _MetricSums(), 0, 0
+    keep = on_nonfinite == "stop"
+    good = _copy_trees(tuple(trees)) if keep else None
     bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=not progress,
                dynamic_ncols=True)
-    last = (t0, 0)
+    last, stopped = (t0, 0), None
+
+    def check(window):  # after a read: None, or the stop message (raises for 'raise'/'skip')
+        nonlocal good, good_step
+        if on_nonfinite is None or window is None:
+            return None
+        action = (f"Stopped; keeping the parameters after step {good_step}, the last good read."
+                  if keep else "")
+        msg = nonfinite_message(where, window, desc=desc, first=good_step + 1, last=done,
+                                action=action)
+        if msg is None:
+            good, good_step = (_copy_trees(tuple(trees)) if keep else None), done
+        elif not keep:
+            raise NonFiniteError(msg)
+        return msg
+
     try:
         for batch in batches:
             if done == steps:
@@ -142,13 +224,21 @@ def run_epoch(step: Callable, trees: tuple, batches: Iterable, *,
             sums.add(metrics, _batch_size(batch))
             done += 1
             if done % log_every == 0:
-                sums.read()  # a host sync, once every log_every steps
+                # a host sync, once every log_every steps
+                stopped = check(sums.read(trees[0] if on_nonfinite else None))
                 last = _show(bar, sums, done, last) if progress else last
-        sums.read()  # the epoch's last steps: waits for the last one
+                if stopped:
+                    break
+        if not stopped:
+            stopped = check(sums.read(trees[0] if on_nonfinite else None))  # waits for the last step
         if progress:
             _show(bar, sums, done, last)
     finally:
         bar.close()
+        if stopped and hasattr(batches, "close"):
+            batches.close()  # end a prefetching generator's background work
+    if stopped:
+        return EpochResult(good, sums.means(), done, sums.seen, time.perf_counter() - t0, stopped)
     if done != steps:
         raise ConfigError(f"run_epoch: batches yielded {done} batches; expected steps={steps}")
     return EpochResult(tuple(trees), sums.means(), done, sums.seen, time.perf_counter() - t0)

@@ -47,15 +47,20 @@ def _micro(a, k):
 
 
 def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None, prec=None,
-              frozen=(), where="make_train_step"):
+              frozen=(), where="make_train_step", skip_nonfinite=False, checks=False):
     """``body(params, state, opt_state, x, y, key) -> (params, state, opt_state, metrics)``.
 
     ``frozen``: path patterns of parameters that get no gradient, no update and
     no optimizer state, and of layers that run in eval mode (see :mod:`fundl._freeze`).
+    ``skip_nonfinite``: keep the old trees when the loss, a gradient or a new
+    parameter is not finite, and report ``metrics['skipped']`` (1.0 for a skipped
+    step; its other metrics are then those of the skipped step).
+    ``checks``: add ``checkify.check`` s of the labels' range and of the loss's
+    finiteness (the step must then be wrapped with :func:`checkify_step`).
     """
     prec = prec or Policy()
     grads_and_metrics = _grads_and_metrics(model, loss_fn, extra, prec,
-                                           _freeze.train_modes(frozen))
+                                           _freeze.train_modes(frozen), checks=checks)
 
     def body(params, state, opt_state, x, y, key):
         state_in = state
@@ -81,12 +86,55 @@ def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None, prec
             new_params, new_opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
             state = keep(state, state_in)
             metrics = {**metrics, "grads_finite": finite.astype(jnp.float32)}
+        if skip_nonfinite:
+            new_params, state, new_opt_state, metrics = _skip_nonfinite(
+                (params, state_in, opt_state), (new_params, state, new_opt_state), grads, metrics)
         return new_params, state, new_opt_state, metrics
 
     return body
 
 
-def _grads_and_metrics(model, loss_fn, extra, prec, train):
+def _skip_nonfinite(old, new, grads, metrics):
+    """``new`` trees if the loss, the gradients and the new params are finite, else ``old``;
+    the metrics gain ``'skipped'`` (float32 0/1)."""
+    ok = jnp.isfinite(metrics["loss"]) & all_finite_leaves(grads) & all_finite_leaves(new[0])
+    out = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    return (*out, {**metrics, "skipped": 1.0 - ok.astype(jnp.float32)})
+
+
+def all_finite_leaves(tree):
+    """A scalar bool: every inexact leaf of ``tree`` is finite (``True`` for none)."""
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)
+              if jnp.issubdtype(a.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _check_labels_in_step(logits, y):
+    """``checkify`` check inside the compiled step: integer labels in ``[0, C)``."""
+    from jax.experimental import checkify
+
+    if not is_classification(logits, y):
+        return
+    c = logits.shape[-1]
+    bad = (y < 0) | (y >= c)
+    i = jnp.argmax(bad)
+    checkify.check(~jnp.any(bad), "DataError: train step: batch label {v} at index {i} is "
+                   f"outside the valid range [0, {c}) for a model with {c} outputs; "
+                   "{n} labels of the batch are out of range. Labels must be 0..C-1: relabel "
+                   "with np.unique(y, return_inverse=True)[1], or drop unlabelled (-1) rows",
+                   v=y[i], i=i, n=jnp.sum(bad))
+
+
+def _check_loss_in_step(loss):
+    """``checkify`` check inside the compiled step: a finite loss."""
+    from jax.experimental import checkify
+
+    checkify.check(jnp.isfinite(loss), "NonFiniteError: train step: the loss is {loss}. Likely "
+                   "causes: a learning rate too high or diverging (try one 10x smaller), "
+                   "NaN/Inf in the data, float16 overflow", loss=loss)
+
+
+def _grads_and_metrics(model, loss_fn, extra, prec, train, checks=False):
     """``f(trainable, params, state, x, y, key) -> (grads, new_state, metrics)``; gradients
     with respect to the trainable leaves only (frozen ones are ``None`` in ``trainable``)."""
     mixed = prec != Policy()
@@ -101,7 +149,11 @@ def _grads_and_metrics(model, loss_fn, extra, prec, train):
                 xc = x
             logits, new_state = model.apply_with_state(p, state, xc, key=key, train=train)
             logits = logits.astype(prec.output_dtype) if mixed else logits
+            if checks:  # before the loss: a bad label must not be reported as a NaN loss
+                _check_labels_in_step(logits, y)
             loss = loss_fn(logits, y)
+            if checks:
+                _check_loss_in_step(loss)
             return (loss * prec.loss_scale if scaled else loss), (loss, logits, new_state)
 
         (_, (loss, logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(

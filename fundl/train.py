@@ -88,10 +88,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _freeze, _loop, _parallel, _precision
+from . import _datacheck, _freeze, _loop, _parallel, _precision
 from ._freeze import trainable
 from . import functional as F
-from ._errors import ConfigError, ShapeError
+from ._errors import ConfigError, DataError, NonFiniteError, ShapeError
 from ._layer import Layer
 from ._patterns import matches
 from ._parallel import is_classification as _is_classification
@@ -118,7 +118,8 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
                     metrics: Mapping[str, Callable] | None = None,
                     parallel: str | None = None, devices=None,
                     sync_batch_stats: bool = True, accumulate: int = 1,
-                    precision=None, frozen=None) -> Callable:
+                    precision=None, frozen=None, checks: bool = False,
+                    skip_nonfinite: bool = False) -> Callable:
     """Build the compiled training step for ``model`` and ``optimizer``.
 
     Args:
@@ -178,6 +179,24 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         reported as ``metrics['grads_finite']``); or a :class:`Policy`
         ``(param_dtype, compute_dtype, output_dtype, loss_scale)``. Batch-norm
         statistics are float32 in every case.
+      checks: compile ``jax.experimental.checkify`` checks into the step (one
+        device only: ``parallel=None``): integer labels ``y: [N]`` must lie in
+        ``[0, C)`` (``C = logits.shape[-1]``) and the loss must be finite. The
+        step then reads the check result after every call (one host sync per
+        step: a debugging mode) and raises :class:`~fundl.DataError` naming the
+        first bad label and its index, or :class:`~fundl.NonFiniteError` with
+        the loss, before returning. The donated input trees are then gone: keep
+        a copy if you want to inspect them. Without checks, an out-of-range
+        label under ``jit`` is not detected by the step: the loss gathers NaN
+        for ``y >= C``, and ``y = -1`` wraps to class ``C - 1`` (see
+        :func:`fundl.functional.cross_entropy`); :func:`fit`, :func:`evaluate`
+        and :func:`fundl.experiment.run` check the labels on the host first.
+      skip_nonfinite: keep ``params``, ``state`` and ``opt_state`` unchanged in
+        a step whose loss, gradients or new parameters are not finite (decided
+        inside the compiled step, no host sync), and report
+        ``metrics['skipped']`` (1.0 for a skipped step, else 0.0), as the
+        float16 path does with ``grads_finite``. ``fit(on_nonfinite='skip')``
+        uses it.
 
     Returns:
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state,
@@ -238,10 +257,17 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         raise ConfigError("make_train_step: devices= needs parallel='sharded' or 'pmap'; "
                           f"got parallel=None with devices={devices!r}")
     where = "make_train_step"
+    for arg, value in (("checks", checks), ("skip_nonfinite", skip_nonfinite)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"make_train_step: {arg} must be True or False; got {arg}={value!r}")
+    if checks and parallel is not None:
+        raise ConfigError("make_train_step: checks=True works on one device only (parallel=None); "
+                          f"got parallel={parallel!r}. Debug on one device, then train in parallel")
     pats = _freeze.patterns(frozen, where)
     body = functools.partial(
         _parallel.make_body, model, optimizer, loss_fn, dict(metrics or {}), accumulate,
-        prec=_precision.policy(precision), frozen=pats, where=where)
+        prec=_precision.policy(precision), frozen=pats, where=where,
+        skip_nonfinite=skip_nonfinite, checks=checks)
     if parallel == "sharded":
         step = _parallel.make_sharded_step(body(), _parallel.check_devices(devices, where),
                                            accumulate, sync_batch_stats, donate, where)
@@ -250,19 +276,35 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
                                         _parallel.check_devices(devices, where), accumulate,
                                         sync_batch_stats, donate, where)
     else:
-        step = _one_device_step(body(), accumulate, donate, where)
+        step = _one_device_step(body(), accumulate, donate, where, checks)
     step.init_opt_state = lambda params: optimizer.init(_freeze.trainable(params, pats))
     return step
 
 
-def _one_device_step(body, accumulate, donate, where):
+def _one_device_step(body, accumulate, donate, where, checks=False):
     def step(params, state, opt_state, batch, key):
         x, y = _split_batch(batch, "train step")
         if accumulate > 1:
             _parallel.check_divisible(x.shape[0], 1, accumulate, where)
         return body(params, state, opt_state, x, y, key)
 
-    return jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
+    donate_argnums = (0, 1, 2) if donate else ()
+    if not checks:
+        return jax.jit(step, donate_argnums=donate_argnums)
+    from jax.experimental import checkify
+
+    checked = jax.jit(checkify.checkify(step, errors=checkify.user_checks),
+                      donate_argnums=donate_argnums)
+
+    def checked_step(params, state, opt_state, batch, key):
+        err, out = checked(params, state, opt_state, batch, key)
+        msg = err.get()  # a host sync: checks=True is a debugging mode
+        if msg is not None:
+            kind, _, text = msg.partition(": ")
+            raise (DataError if kind == "DataError" else NonFiniteError)(text)
+        return out
+
+    return checked_step
 
 
 def make_eval_step(model: Layer, *, loss_fn: Callable = F.cross_entropy) -> Callable:
@@ -320,7 +362,8 @@ def _check_batch_size(batch_size, where):
 
 
 def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
-             loss_fn: Callable = F.cross_entropy, transform: Callable | None = None) -> dict:
+             loss_fn: Callable = F.cross_entropy, transform: Callable | None = None,
+             allow_nonfinite: bool = False, check_data: bool = True) -> dict:
     """Average loss (and accuracy) of ``model`` over a whole dataset, in inference mode.
 
     Exact over a last batch smaller than ``batch_size`` (sums, not means of means).
@@ -335,13 +378,25 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
       transform: host-side ``x_batch -> x_batch`` applied to every batch of ``x``
         before the compiled call (e.g. ``uint8`` images to standardised float32,
         a :func:`fundl.data.standardizer`); ``None`` passes batches as they are.
+      allow_nonfinite: accept float ``x`` (or float ``y``) holding NaN/Inf.
+      check_data: check ``data`` on the host first (see Raises); :func:`fit` and
+        :func:`fundl.experiment.run` check once up front and pass ``False`` per epoch.
 
     Returns:
       ``{'loss': float, 'accuracy': float}``; no ``'accuracy'`` unless ``y`` holds
       integer class labels.
+
+    Raises:
+      DataError: integer labels ``y: [N]`` outside ``[0, C)`` (``C`` the model's
+        number of outputs; the loss's ``ignore_index`` is allowed), float labels
+        ``[N]`` for a class-index loss, or NaN/Inf in float ``x``/``y`` (unless
+        ``allow_nonfinite``). The message names the first bad value and its index.
     """
     x, y = _check_data(data, "evaluate", "data")
     _check_batch_size(batch_size, "evaluate")
+    if check_data:
+        _check_values(model, x, y, "evaluate", "data", loss_fn=loss_fn, transform=transform,
+                      allow_nonfinite=allow_nonfinite, trees=(params, state))
     eval_step = _cached_eval_step(model, loss_fn)
     transform = transform or (lambda a: a)
     parts = [eval_step(params, state, (transform(x[i:i + batch_size]), y[i:i + batch_size]))
@@ -352,6 +407,18 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
     if "correct" in parts[0]:
         out["accuracy"] = sum(int(p["correct"]) for p in parts) / count
     return out
+
+
+def _check_values(model, x, y, where, arg, *, loss_fn, transform=None, allow_nonfinite=False,
+                  trees=(None, None)):
+    """Host-side, once per call: labels in ``[0, C)`` and finite float data (DataError)."""
+    _datacheck.check_finite(x, where, f"{arg} x", allow=allow_nonfinite)
+    _datacheck.check_finite(y, where, f"{arg} y", allow=allow_nonfinite)
+    x1 = np.asarray(x[:1]) if transform is None else np.asarray(transform(x[:1]))
+    c = None
+    if np.ndim(y) == 1 and np.issubdtype(np.asarray(y).dtype, np.integer):
+        c = _datacheck.num_classes(model, x1.shape, x1.dtype, *trees)
+    _datacheck.check_labels(y, c, where, arg, loss_fn=loss_fn)
 
 
 # -- the loop -----------------------------------------------------------------
