@@ -89,9 +89,9 @@ def check_labels(y, c: int | None, where: str, arg: str, *, loss_fn=None) -> Non
         return
     i = int(np.argmax(bad))
     v = int(y[i])
-    hint = ("-1 often marks 'unlabelled' examples: drop those rows (keep = y >= 0)"
+    hint = ("A -1 often marks 'unlabelled' examples: drop those rows (keep = y >= 0)"
             if v < 0 else
-            f"labels must be 0..{c - 1}; relabel with np.unique(y, return_inverse=True)[1], "
+            f"Labels must be 0..{c - 1}; relabel with np.unique(y, return_inverse=True)[1], "
             f"or give the model {int(y.max()) + 1} outputs")
     ign = f" (or the loss's ignore_index {ignore})" if ignore is not None else ""
     raise DataError(

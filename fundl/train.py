@@ -80,6 +80,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -447,7 +448,8 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
         epochs: int, batch_size: int, key, eval_data=None, opt_state=None, shuffle: bool = True,
         progress: bool = True, callback: Callable | None = None,
         loss_fn: Callable = F.cross_entropy, log_every: int = 20,
-        drop_last: bool = False, frozen=None) -> FitResult:
+        drop_last: bool = False, frozen=None, on_nonfinite: str = "stop",
+        allow_nonfinite: bool = False) -> FitResult:
     """Train on in-memory NumPy arrays: a minimal loop around :func:`make_train_step`.
 
     Every epoch reshuffles the examples (a permutation drawn from ``key``), runs
@@ -481,22 +483,49 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
       frozen: path patterns of the parts to keep fixed, as in
         :func:`make_train_step` (no update, no optimizer state, eval mode);
         a given ``opt_state`` must then cover the trainable params only.
+      on_nonfinite: what to do when training goes non-finite, detected at each
+        metrics read (every ``log_every`` steps and at the end of each epoch: a
+        non-finite metric, or a NaN/Inf parameter, from one device reduction read
+        with the metrics; no per-step sync):
+        ``'stop'`` (default): warn (a ``RuntimeWarning`` with the epoch, the
+        window of steps, the first non-finite metric and the likely causes),
+        stop, and return the trees of the last good read (a copy of the trees is
+        kept at every read: one tree copy per ``log_every`` steps and twice the
+        memory of params and optimizer state); the last history entry then has
+        ``'stopped'``: the message. ``'raise'``: raise
+        :class:`~fundl.NonFiniteError` with that message. ``'skip'``: the
+        compiled step skips any update whose loss, gradients or new parameters
+        are not finite (``make_train_step(skip_nonfinite=True)``) and training
+        goes on; each history entry gets ``'skipped'``, the number of steps
+        skipped in the epoch (its train metrics average the other steps).
+      allow_nonfinite: accept float ``x``/``y`` holding NaN or Inf (refused by default).
 
     Returns:
       A :class:`FitResult` ``(params, state, opt_state, history)``.
+
+    Raises:
+      DataError: before training, integer labels outside ``[0, C)`` (``C`` the
+        model's number of outputs, the loss's ``ignore_index`` allowed), float
+        labels ``[N]`` for a class-index loss, or NaN/Inf in float data (unless
+        ``allow_nonfinite``), in ``train_data`` or ``eval_data``; the message
+        names the first bad value and its index.
+      NonFiniteError: with ``on_nonfinite='raise'``, see above.
     """
     from tqdm.auto import tqdm  # imported here: only the epoch lines need it
 
     _check_model(model, "fit")
     x, y, steps = _check_fit_args(train_data, eval_data, epochs=epochs, batch_size=batch_size,
                                   log_every=log_every, drop_last=drop_last)
+    _check_fit_values(model, (params, state), train_data, eval_data, loss_fn=loss_fn,
+                      on_nonfinite=on_nonfinite, allow_nonfinite=allow_nonfinite)
     key = _as_key(key)
     # Shuffling runs on the host (seeded from the key): a device permutation would
     # cost a compilation and a sync per epoch for nothing the step needs.
     shuffler = np.random.default_rng([*np.asarray(jax.random.key_data(key)).ravel().tolist(), 1])
     # The step donates its inputs: copy once so the caller's arrays survive fit().
     # One compiled call, not one compilation per leaf shape as eager ops would cost.
-    step = make_train_step(model, optimizer, loss_fn=loss_fn, frozen=frozen)
+    step = make_train_step(model, optimizer, loss_fn=loss_fn, frozen=frozen,
+                           skip_nonfinite=on_nonfinite == "skip")
     trees = jax.jit(functools.partial(_copy_and_init, step.init_opt_state))(
         params, state, opt_state)
     history = []
@@ -507,11 +536,15 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
             step, trees, _slices(x, y, order, batch_size, steps),
             # Step i of epoch e gets fold_in(key, (e - 1) * steps + i): unique over the run.
             key_for_step=lambda i, base=(epoch - 1) * steps: jax.random.fold_in(key, base + i),
-            steps=steps, progress=progress, desc=f"epoch {epoch}/{epochs}", log_every=log_every)
+            steps=steps, progress=progress, desc=f"epoch {epoch}/{epochs}", log_every=log_every,
+            on_nonfinite=on_nonfinite, where="fit")
         trees = result.trees
-        record = _fit_record(epoch, result.metrics, model, trees, eval_data, loss_fn)
+        record = _fit_record(epoch, result, model, trees, eval_data, loss_fn)
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
+        if result.stopped:
+            warnings.warn(result.stopped, RuntimeWarning, stacklevel=2)
+            break
         if progress:
             tqdm.write(_epoch_line(record, epochs))
         if callback is not None and callback(record, *trees) is True:
@@ -537,6 +570,23 @@ def _check_fit_args(train_data, eval_data, *, epochs, batch_size, log_every, dro
     return x, y, steps
 
 
+_ON_NONFINITE = ("stop", "raise", "skip")
+
+
+def _check_fit_values(model, trees, train_data, eval_data, *, loss_fn, on_nonfinite,
+                      allow_nonfinite):
+    """:func:`fit`'s host-side data checks (labels, NaN/Inf) and its ``on_nonfinite``."""
+    if on_nonfinite not in _ON_NONFINITE:
+        raise ConfigError(f"fit: on_nonfinite must be one of {list(_ON_NONFINITE)}; "
+                          f"got on_nonfinite={on_nonfinite!r}")
+    if not isinstance(allow_nonfinite, bool):
+        raise ConfigError(f"fit: allow_nonfinite must be True or False; got {allow_nonfinite!r}")
+    for arg, data in (("train_data", train_data), ("eval_data", eval_data)):
+        if data is not None:
+            _check_values(model, data[0], data[1], "fit", arg, loss_fn=loss_fn,
+                          allow_nonfinite=allow_nonfinite, trees=trees)
+
+
 def _slices(x, y, order, batch_size, steps):
     """The epoch's ``steps`` host batches ``(x[idx], y[idx])``, ``idx`` consecutive runs of ``order``."""
     for i in range(steps):
@@ -544,14 +594,20 @@ def _slices(x, y, order, batch_size, steps):
         yield x[idx], y[idx]
 
 
-def _fit_record(epoch, train_metrics, model, trees, eval_data, loss_fn) -> dict:
-    """One :attr:`FitResult.history` entry (without ``seconds``): train means, then evaluation."""
+def _fit_record(epoch, result, model, trees, eval_data, loss_fn) -> dict:
+    """One :attr:`FitResult.history` entry (without ``seconds``): train means, then evaluation
+    (of the kept trees), plus ``'skipped'`` / ``'stopped'`` when the epoch had them."""
+    train_metrics = result.metrics
     record = {"epoch": epoch, "train_loss": train_metrics["loss"],
               "train_accuracy": train_metrics.get("accuracy"),
               "test_loss": None, "test_accuracy": None}
+    if "skipped" in train_metrics:
+        record["skipped"] = int(train_metrics["skipped"])
+    if result.stopped:
+        record["stopped"] = result.stopped
     if eval_data is not None:
         params, state, _ = trees
-        ev = evaluate(model, params, state, eval_data, loss_fn=loss_fn)
+        ev = evaluate(model, params, state, eval_data, loss_fn=loss_fn, check_data=False)
         record["test_loss"], record["test_accuracy"] = ev["loss"], ev.get("accuracy")
     return record
 
