@@ -103,6 +103,8 @@ def main(argv=None):
     config = {k: v for k, v in vars(args).items() if k != "no_progress"}
     if not args.data_parallel:  # keeps config.json of earlier runs resumable
         del config["data_parallel"]
+    if args.on_nonfinite == "stop":  # likewise
+        del config["on_nonfinite"]
     config["norm"] = {"mean": np.asarray(norm.mean).tolist(), "std": np.asarray(norm.std).tolist()}
     records = run(model, opt, train, test, out=args.out, epochs=args.epochs,
                   batch_size=args.batch_size, seed=args.seed, transform=norm, resume=args.resume,
@@ -110,10 +112,12 @@ def main(argv=None):
                   data_parallel=args.data_parallel,
                   eval_batch_size=args.eval_batch_size, config=config, learning_rate=lr,
                   init_from=args.init_from, export_params=args.export_params,
-                  export_model=args.export_model,
+                  export_model=args.export_model, on_nonfinite=args.on_nonfinite,
                   title=f"{args.model} on {args.dataset if args.synthetic is None else 'synthetic'}")
     return records
 
 
 if __name__ == "__main__":
-    main()
+    records = main()
+    if records and "stopped" in records[-1]:  # on_nonfinite='stop': training went NaN/Inf
+        raise SystemExit(1)

@@ -142,5 +142,11 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
       help="after the last epoch, write the model as fundl.export bytes to FILE (StableHLO and "
            "weights, any batch size; run it with fundl.load_exported(FILE) on input normalised "
            "as in training)")
+    a("--on-nonfinite", choices=("stop", "raise", "skip"), default="stop",
+      help="when the loss or the params turn NaN/Inf (checked at every metrics read): stop = "
+           "end the run before saving that epoch's checkpoint and exit with status 1 (the "
+           "newest checkpoint stays the last good one); raise = the same with a NonFiniteError "
+           "traceback; skip = skip every update with a non-finite loss, gradient or parameter "
+           "and count them ('skipped' in metrics.jsonl) (default stop)")
 
 

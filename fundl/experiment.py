@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -43,8 +44,9 @@ import optax
 from . import _loop
 from . import io as _io
 from . import train as _train  # module lookup: train.evaluate is the one evaluator
-from ._errors import ConfigError, NotFundlFileError, ShapeError
+from ._errors import ConfigError, NonFiniteError, NotFundlFileError, ShapeError
 from ._export import export as _export_model
+from .functional import cross_entropy as _cross_entropy
 from ._layer import Layer
 from .data import batches, prefetch_to_device
 from .train import make_train_step
@@ -111,7 +113,7 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         progress: bool = True, eval_batch_size: int = 1000, config: Mapping[str, Any] | None = None,
         learning_rate: Callable | float | None = None, log_every: int = 10,
         title: str = "", data_parallel: bool = False, init_from=None, export_params=None,
-        export_model=None) -> list[dict]:
+        export_model=None, on_nonfinite: str = "stop", allow_nonfinite: bool = False) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs with checkpoints, metrics and curves in ``out``.
 
     Args:
@@ -162,14 +164,35 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
       export_model: likewise, :func:`fundl.export` bytes of the final model
         (batch-polymorphic, traced for a batch of ``eval_batch_size``, on input
         after ``transform``; ``fundl.load_exported`` runs them).
+      on_nonfinite: what to do when training goes non-finite (a NaN/Inf metric or
+        parameter, checked at every metrics read, no per-step sync; see
+        :func:`fundl.train.fit`): ``'stop'`` (default): end the run before the
+        epoch's checkpoint is saved (the newest checkpoint stays the last good
+        one), append ``{"epoch": E, "stopped": message}`` to the records and to
+        ``metrics.jsonl``, print the message (epoch, steps, first non-finite
+        metric, likely causes) on stderr, skip the exports and return; the
+        runners (``experiments/*.py``) then exit with status 1. ``'raise'``:
+        the same, then raise :class:`~fundl.NonFiniteError`. ``'skip'``: the
+        step skips updates with a non-finite loss, gradient or new parameter
+        (``make_train_step(skip_nonfinite=True)``); each record gets
+        ``'skipped'``, the number of steps skipped in the epoch.
+      allow_nonfinite: accept float ``train``/``test`` arrays holding NaN/Inf.
 
     Returns:
       All epoch records of the run (those restored from ``metrics.jsonl`` on
       resume included), as written to ``metrics.jsonl``.
+
+    Raises:
+      DataError: before anything is written: integer labels outside ``[0, C)``
+        (``C`` the model's number of outputs) or float labels, in ``train`` or
+        ``test``; NaN/Inf in float ``x`` (unless ``allow_nonfinite``). The
+        message names the first bad value and its index.
+      NonFiniteError: ``on_nonfinite='raise'`` and training went non-finite.
     """
     x_train, y_train, test, steps = _check_run_args(
         model, train, test, epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size,
-        log_every=log_every, data_parallel=data_parallel)
+        log_every=log_every, data_parallel=data_parallel, transform=transform,
+        on_nonfinite=on_nonfinite, allow_nonfinite=allow_nonfinite)
     _check_export_paths(pathlib.Path(out), export_params=export_params, export_model=export_model)
     primary = jax.process_index() == 0  # the one process that writes logs and plots
     transform = transform or (lambda a: np.asarray(a, np.float32))
@@ -185,26 +208,34 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
     trees, manager, start, records = _init_or_restore(
         model, optimizer, root, (batch_size, *x_train.shape[1:]), out, resume=resume,
         primary=primary, init_from=init_from)
-    step_fn = make_train_step(model, optimizer, parallel="sharded" if data_parallel else None)
+    step_fn = make_train_step(model, optimizer, parallel="sharded" if data_parallel else None,
+                              skip_nonfinite=on_nonfinite == "skip")
     step = _train_step_with_augment(step_fn, augment, data_parallel)
     epoch_batches = _data_pipeline(step_fn, x_train, y_train, batch_size=batch_size, seed=seed,
                                    transform=transform, data_parallel=data_parallel)
 
     def test_metrics(trees):  # evaluation on this process's first device, whole test set
         return _train.evaluate(model, *_local(trees[:2]), test, batch_size=eval_batch_size,
-                               transform=transform)
+                               transform=transform, check_data=False)  # checked up front
 
     last = epochs if stop_after is None else min(epochs, stop_after)
     for epoch in range(start, last):
         trees, record = _train_epoch(step, trees, epoch_batches, epoch, root=root, steps=steps,
                                      epochs=epochs, progress=progress, log_every=log_every,
-                                     test_metrics=test_metrics, learning_rate=learning_rate)
+                                     test_metrics=test_metrics, learning_rate=learning_rate,
+                                     on_nonfinite=on_nonfinite)
         records.append(record)
+        if "stopped" in record:  # non-finite: no checkpoint of it, the last good one stays newest
+            _write_stop(out, records, primary=primary)
+            break
         _save(manager, epoch + 1, dict(zip(("params", "state", "opt_state"), trees)))
         _write_epoch(out, records, title=title, primary=primary, epochs=epochs)
     manager.wait_until_finished()
     manager.close()
-    if primary and (export_params is not None or export_model is not None):
+    stopped = records[-1].get("stopped") if records else None
+    if stopped and on_nonfinite == "raise":
+        raise NonFiniteError(stopped)
+    if primary and not stopped and (export_params is not None or export_model is not None):
         _export_final(model, *_local(trees[:2]), max(start, last), records, params_path=export_params,
                       model_path=export_model, config=config,
                       input_shape=(eval_batch_size, *x_train.shape[1:]))
@@ -214,8 +245,10 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
 
 
 def _check_run_args(model, train, test, *, epochs, batch_size, eval_batch_size, log_every,
-                    data_parallel):
-    """Validate :func:`run`'s arguments; return ``(x_train, y_train, (x_test, y_test), steps)``."""
+                    data_parallel, transform=None, on_nonfinite="stop", allow_nonfinite=False):
+    """Validate :func:`run`'s arguments; return ``(x_train, y_train, (x_test, y_test), steps)``.
+
+    The data checks (labels in ``[0, C)``, finite float ``x``) run on the host, once."""
     if not isinstance(model, Layer):
         raise ConfigError(f"run: model must be a fundl Layer; got {type(model).__name__}")
     x_train, y_train = _check_arrays("train", train)
@@ -233,6 +266,13 @@ def _check_run_args(model, train, test, *, epochs, batch_size, eval_batch_size, 
     if data_parallel and batch_size % jax.device_count():
         raise ConfigError(f"run: with data_parallel, batch_size must be divisible by the "
                           f"{jax.device_count()} devices; got batch_size={batch_size}")
+    if on_nonfinite not in ("stop", "raise", "skip"):
+        raise ConfigError(f"run: on_nonfinite must be 'stop', 'raise' or 'skip'; "
+                          f"got on_nonfinite={on_nonfinite!r}")
+    transform = transform or (lambda a: np.asarray(a, np.float32))
+    for arg, (x, y) in (("train", (x_train, y_train)), ("test", test)):
+        _train._check_values(model, x, y, "run", arg, loss_fn=_cross_entropy,
+                             transform=transform, allow_nonfinite=allow_nonfinite)
     return x_train, y_train, test, steps
 
 
@@ -387,27 +427,36 @@ def _data_pipeline(step_fn, x, y, *, batch_size, seed, transform, data_parallel)
 
 
 def _train_epoch(step, trees, epoch_batches, epoch, *, root, steps, epochs, progress, log_every,
-                 test_metrics, learning_rate):
+                 test_metrics, learning_rate, on_nonfinite="stop"):
     """Train epoch ``epoch`` (0-based) through the shared loop, then evaluate.
 
     Step ``i`` gets the key ``fold_in(fold_in(root, epoch), i)``; the record's
     train metrics are means over the epoch's examples (every batch is full).
 
     Returns:
-      ``(trees, record)``: the trees after the epoch and its ``metrics.jsonl`` record.
+      ``(trees, record)``: the trees after the epoch and its ``metrics.jsonl`` record;
+      after a non-finite stop, the last good trees (``None`` for ``'raise'``) and
+      ``{"epoch": epoch + 1, "stopped": message}``.
     """
     t0 = time.perf_counter()
     epoch_key = jax.random.fold_in(root, epoch)
-    result = _loop.run_epoch(step, trees, epoch_batches(epoch),
-                             key_for_step=lambda i: jax.random.fold_in(epoch_key, i), steps=steps,
-                             progress=progress, desc=f"epoch {epoch + 1}/{epochs}",
-                             log_every=log_every)
+    try:
+        result = _loop.run_epoch(step, trees, epoch_batches(epoch),
+                                 key_for_step=lambda i: jax.random.fold_in(epoch_key, i),
+                                 steps=steps, progress=progress, desc=f"epoch {epoch + 1}/{epochs}",
+                                 log_every=log_every, on_nonfinite=on_nonfinite, where="run")
+    except NonFiniteError as e:  # 'raise': run() raises it after closing the checkpoints
+        return None, {"epoch": epoch + 1, "stopped": str(e)}
+    if result.stopped:
+        return result.trees, {"epoch": epoch + 1, "stopped": result.stopped}
     train_seconds = time.perf_counter() - t0
     ev = test_metrics(result.trees)
     record = {"epoch": epoch + 1, "train_loss": result.metrics["loss"],
               "train_accuracy": result.metrics["accuracy"], "test_loss": ev["loss"],
               "test_accuracy": ev["accuracy"], "epoch_seconds": time.perf_counter() - t0,
               "examples_per_second": result.examples / train_seconds}
+    if "skipped" in result.metrics:
+        record["skipped"] = int(result.metrics["skipped"])
     if learning_rate is not None:
         record["lr"] = float(learning_rate((epoch + 1) * steps - 1) if callable(learning_rate)
                              else learning_rate)
@@ -426,12 +475,25 @@ def _write_epoch(out: pathlib.Path, records: list[dict], *, title: str, primary:
           f"{r['epoch_seconds']:.1f}s  {r['examples_per_second']:.0f} ex/s", flush=True)
 
 
+def _write_stop(out: pathlib.Path, records: list[dict], *, primary: bool) -> None:
+    """After a non-finite stop: ``metrics.jsonl`` with the stop record, the message on stderr."""
+    if primary:
+        _write_metrics(out / "metrics.jsonl", records)
+    print(f"stopped: {records[-1]['stopped']}", file=sys.stderr, flush=True)
+
+
 def _report(records, *, start, last, epochs, out, seconds, untrained) -> None:
     """The closing lines: ``done: ...``, then ``test_accuracy=0.xxxx`` (the last line).
 
     ``untrained() -> {'accuracy': ...}`` evaluates the model when no epoch was
     ever trained (``epochs=0``).
     """
+    if records and "stopped" in records[-1]:
+        r = records[-1]
+        newest = (f"the newest checkpoint in {out}/checkpoints is from epoch {r['epoch'] - 1}"
+                  if r["epoch"] > 1 else "no checkpoint was written")
+        print(f"stopped at epoch {r['epoch']} (non-finite); {newest}", flush=True)
+        return
     print(f"done: epochs {start + 1}..{last} in {seconds:.1f}s; wrote {out}/"
           if last > start else f"done: nothing to train (epoch {start} of {epochs}); {out}/", flush=True)
     test_acc = records[-1]["test_accuracy"] if records else untrained()["accuracy"]
