@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import ConfigError, ShapeError
+from ._errors import ConfigError, DataError, ShapeError
 
 __all__ = [
     "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss",
@@ -97,21 +97,26 @@ def _check_index_target(name, scores, target, arg, ignore_index=None):
             f"{scores.shape[:-1]}; got {target.shape} ({arg} has shape {scores.shape}, "
             f"classes on the last axis){hint}")
     # Range check only on concrete values (eager calls); under jit an
-    # out-of-range index gathers NaN instead (see _gather_last).
+    # out-of-range index gathers NaN (y >= C) or wraps (y < 0) instead (see _gather_last).
     if not isinstance(target, jax.core.Tracer) and target.size:
         t = np.asarray(target)
-        if ignore_index is not None:
-            t = t[t != ignore_index]
         c = scores.shape[-1]
-        if t.size and (t.min() < 0 or t.max() >= c):
-            extra = f" or equal ignore_index ({ignore_index})" if ignore_index is not None else ""
-            raise ShapeError(
-                f"{name}: target class indices must be in [0, {c}){extra}; "
-                f"got values in [{t.min()}, {t.max()}]")
+        bad = (t < 0) | (t >= c)
+        if ignore_index is not None:
+            bad &= t != ignore_index
+        if bad.any():
+            i = np.unravel_index(int(np.argmax(bad)), t.shape)
+            extra = f" (or equal ignore_index={ignore_index})" if ignore_index is not None else ""
+            raise DataError(
+                f"{name}: target class index {t[i]} at index {tuple(int(k) for k in i)} is "
+                f"outside [0, {c}){extra} for {arg} with {c} classes; {int(bad.sum())} of "
+                f"{t.size} targets are out of range. Class indices must be 0..{c - 1}: relabel "
+                "with np.unique(y, return_inverse=True)[1], or drop unlabelled (-1) rows")
 
 
 def _gather_last(a, idx):
-    """``a[..., idx]`` per position; out-of-range indices give NaN, not a clamped class."""
+    """``a[..., idx]`` per position; indices ``>= C`` give NaN, not a clamped class; negative
+    ones count from the end (``-1`` is class ``C - 1``), as JAX indexing does."""
     out = jnp.take_along_axis(a, idx[..., None], axis=-1, mode="fill", fill_value=jnp.nan)
     return out[..., 0]
 
@@ -165,11 +170,22 @@ def cross_entropy(logits, target, *, weight=None, ignore_index: int = -100,
       label_smoothing: in ``[0, 1]``; mixes the target with the uniform
         distribution: ``(1 - eps) * target + eps / C``.
 
+    Out-of-range class indices: an eager call (concrete ``target``) raises
+    :class:`~fundl.DataError` naming the first bad index and its position. Under
+    ``jax.jit`` (a traced ``target``) nothing can be checked for free and the
+    loss is silently wrong: an index ``>= C`` gives a NaN loss and ``-1`` (or any
+    index ``-k`` down to ``-C``) wraps to class ``C - k``. Check on the host first
+    (:func:`fundl.train.fit`, :func:`fundl.train.evaluate` and
+    :func:`fundl.experiment.run` do), or use
+    ``make_train_step(..., checks=True)``, which raises from the compiled step.
+    Float class indices are refused (as in PyTorch).
+
     Returns:
       The loss (scalar unless ``reduction='none'``).
 
     Raises:
-      ShapeError: wrong target/weight shape, or (eager only) class index out of range.
+      ShapeError: wrong target/weight shape.
+      DataError: (eager only) a class index outside ``[0, C)``.
       ConfigError: bad ``reduction``, ``label_smoothing`` or target dtype.
 
     Example:
@@ -237,6 +253,16 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index: int = -100,
       ignore_index: targets equal to it contribute nothing (nor to the mean's denominator).
       reduction: ``'mean'`` (weighted: divides by summed target weights) | ``'sum'`` | ``'none'``.
 
+    Out-of-range class indices: an eager call (concrete ``target``) raises
+    :class:`~fundl.DataError` naming the first bad index and its position. Under
+    ``jax.jit`` (a traced ``target``) nothing can be checked for free and the
+    loss is silently wrong: an index ``>= C`` gives a NaN loss and ``-1`` (or any
+    index ``-k`` down to ``-C``) wraps to class ``C - k``. Check on the host first
+    (:func:`fundl.train.fit`, :func:`fundl.train.evaluate` and
+    :func:`fundl.experiment.run` do), or use
+    ``make_train_step(..., checks=True)``, which raises from the compiled step.
+    Float class indices are refused (as in PyTorch).
+
     Returns:
       ``-weight[t] * log_probs[..., t]`` reduced.
 
@@ -269,6 +295,16 @@ def multi_margin_loss(input, target, *, p: int = 1, margin: float = 1.0, weight=
       weight: optional per-class weight ``[C]``, applied by the TARGET class.
       reduction: ``'mean'`` (plain mean over samples, even with ``weight``) | ``'sum'``
         | ``'none'``.
+
+    Out-of-range class indices: an eager call (concrete ``target``) raises
+    :class:`~fundl.DataError` naming the first bad index and its position. Under
+    ``jax.jit`` (a traced ``target``) nothing can be checked for free and the
+    loss is silently wrong: an index ``>= C`` gives a NaN loss and ``-1`` (or any
+    index ``-k`` down to ``-C``) wraps to class ``C - k``. Check on the host first
+    (:func:`fundl.train.fit`, :func:`fundl.train.evaluate` and
+    :func:`fundl.experiment.run` do), or use
+    ``make_train_step(..., checks=True)``, which raises from the compiled step.
+    Float class indices are refused (as in PyTorch).
 
     Example:
       >>> multi_margin_loss(jnp.array([[0.1, 0.2, 0.4]]), jnp.array([2]))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from fundl import ConfigError, ShapeError
+from fundl import ConfigError, DataError, ShapeError
 from fundl.functional import (binary_cross_entropy_with_logits, cross_entropy, l1_loss, mse_loss,
                               multi_margin_loss, nll_loss, smooth_l1_loss)
 
@@ -407,7 +407,7 @@ def test_cross_entropy_target_shape_errors():
         cross_entropy(x, np.zeros((4,), np.float32))
     with pytest.raises(ShapeError, match=r"weight must have shape \(C,\) = \(3,\)"):
         cross_entropy(x, np.zeros(4, np.int32), weight=np.ones(4, np.float32))
-    with pytest.raises(ShapeError, match=r"class indices must be in \[0, 3\)"):
+    with pytest.raises(DataError, match=r"target class index 3 at index \(2,\) is outside \[0, 3\)"):
         cross_entropy(x, np.array([0, 1, 3, -100], np.int32))
     with pytest.raises(ConfigError, match="ignore_index .* not supported for probability"):
         cross_entropy(x, np.full((4, 3), 1 / 3, np.float32), ignore_index=0)
