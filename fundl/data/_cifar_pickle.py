@@ -43,8 +43,12 @@ def _read_batch(path: Path):
         raise CorruptDataError(f"{path}: b'data' must be [N, 3072] uint8; got {data.dtype}{list(data.shape)}")
     if labels.shape != (len(data),):
         raise CorruptDataError(f"{path}: {len(data):,} images but labels of shape {list(labels.shape)}")
-    if labels.size and not 0 <= labels.min() <= labels.max() <= 9:
-        raise CorruptDataError(f"{path}: labels outside [0, 9] (min {labels.min()}, max {labels.max()})")
+    bad = (labels < 0) | (labels > 9)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise CorruptDataError(f"{path}: label {int(labels[i])} at index {i} is outside [0, 9] "
+                               f"(CIFAR-10 has 10 classes); {int(bad.sum())} labels are out of "
+                               "range: the file is damaged or not CIFAR-10")
     return data, labels
 
 

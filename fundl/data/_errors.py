@@ -5,7 +5,7 @@ Both subclass :class:`fundl.FundlError` (itself a ``ValueError``), so
 """
 from __future__ import annotations
 
-from .._errors import FundlError
+from .._errors import DataError, FundlError
 
 
 class DataUnavailableError(FundlError):
@@ -17,10 +17,10 @@ class DataUnavailableError(FundlError):
     """
 
 
-class CorruptDataError(FundlError):
+class CorruptDataError(DataError):
     """A data file exists but cannot be read as what it claims to be.
 
     The message names the file and what is wrong: bad gzip stream, bad magic
     number, truncated (expected N bytes, got M), images/labels count mismatch,
-    label out of range.
+    label out of range (the value and its index). A :class:`fundl.DataError`.
     """

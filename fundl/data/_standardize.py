@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._errors import ConfigError, ShapeError
+from .._errors import ConfigError, DataError, ShapeError
 
 _CHUNK_ELEMS = 1 << 22  # ~4M values (32 MiB in float64) per chunk
 
@@ -32,7 +32,24 @@ class Standardizer(NamedTuple):
         return (x.astype(np.float32) - mean) / std
 
 
-def standardizer(x_train, *, per_channel: bool | None = None) -> Standardizer:
+def _check_finite(x) -> None:
+    """DataError naming the first NaN/Inf of a float ``x`` (chunked: no full-size mask copy)."""
+    if not np.issubdtype(x.dtype, np.inexact):
+        return
+    rows = max(1, _CHUNK_ELEMS // max(1, x[0].size))
+    for i in range(0, len(x), rows):
+        finite = np.isfinite(x[i:i + rows])
+        if not finite.all():
+            j = np.unravel_index(int(np.argmin(finite)), finite.shape)
+            idx = (i + int(j[0]), *(int(k) for k in j[1:]))
+            raise DataError(f"standardizer: x_train holds {x[idx]} at index {idx}; NaN/Inf "
+                            "would make every statistic NaN. Fix or drop those rows, or pass "
+                            "allow_nonfinite=True to compute the statistics over the finite "
+                            "values only")
+
+
+def standardizer(x_train, *, per_channel: bool | None = None,
+                 allow_nonfinite: bool = False) -> Standardizer:
     """Statistics of the training set, for ``(x - mean) / std``.
 
     Computed in float64, chunk by chunk along the first axis (two passes: mean,
@@ -45,6 +62,10 @@ def standardizer(x_train, *, per_channel: bool | None = None) -> Standardizer:
         ``[C]`` arrays; ``False``: one scalar over all values. Default: per
         channel for ``[N, H, W, C]`` data with ``C > 1`` (RGB), scalar otherwise
         (grayscale).
+      allow_nonfinite: compute the statistics over the finite values only
+        (ignoring NaN/Inf; they stay NaN/Inf after standardising). By default
+        NaN/Inf in float ``x_train`` is refused, since a single one makes every
+        statistic NaN.
 
     Returns:
       :class:`Standardizer` ``(mean, std)``.
@@ -52,6 +73,8 @@ def standardizer(x_train, *, per_channel: bool | None = None) -> Standardizer:
     Raises:
       ShapeError: ``x_train`` is empty or a scalar.
       ConfigError: a standard deviation is zero (constant data).
+      DataError: float ``x_train`` holds NaN or Inf (the first one's index is
+        named) and ``allow_nonfinite`` is False.
 
     Example:
       >>> import numpy as np
@@ -65,6 +88,8 @@ def standardizer(x_train, *, per_channel: bool | None = None) -> Standardizer:
     x = np.asarray(x_train)
     if x.ndim < 1 or x.size == 0:
         raise ShapeError(f"standardizer: x_train must be a non-empty [N, ..., C] array; got shape {x.shape}")
+    if not allow_nonfinite:
+        _check_finite(x)
     if per_channel is None:
         per_channel = x.ndim == 4 and x.shape[-1] > 1
     if per_channel and x.ndim < 2:
@@ -73,13 +98,20 @@ def standardizer(x_train, *, per_channel: bool | None = None) -> Standardizer:
     rows = max(1, _CHUNK_ELEMS // max(1, x[0].size))
     count = x.size // x.shape[-1] if per_channel else x.size
 
+    masked = allow_nonfinite and np.issubdtype(x.dtype, np.inexact)
+
     def chunks():
         for i in range(0, len(x), rows):
-            yield x[i:i + rows].astype(np.float64)
+            c = x[i:i + rows].astype(np.float64)
+            yield np.ma.masked_invalid(c) if masked else c
 
+    if masked:  # count the finite values only
+        count = sum(np.ma.count(c, axis=axes) for c in chunks())
     total = sum(c.sum(axis=axes) for c in chunks())
-    mean = total / count
+    mean = np.ma.filled(total / count, np.nan) if masked else total / count
     sq = sum(np.square(c - mean).sum(axis=axes) for c in chunks())
+    if masked:
+        sq = np.ma.filled(sq, np.nan)
     std = np.sqrt(sq / count)
     if np.any(std == 0):
         which = f" in channel(s) {np.flatnonzero(std == 0).tolist()}" if per_channel else ""

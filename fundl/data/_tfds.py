@@ -79,6 +79,10 @@ def try_load_tfds(name: str, split: str, data_dir, num_classes: int) -> Dataset 
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         raise CorruptDataError(f"{where}: the prepared TFDS copy of {name!r} cannot be read "
                                f"({type(e).__name__}: {e}); delete it and prepare it again") from e
-    if n and not 0 <= y.min() <= y.max() < num_classes:
-        raise CorruptDataError(f"{where}: labels outside [0, {num_classes - 1}] in split {split!r}")
+    bad = (y < 0) | (y >= num_classes)
+    if n and bad.any():
+        i = int(np.argmax(bad))
+        raise CorruptDataError(f"{where}: label {int(y[i])} at index {i} of split {split!r} is "
+                               f"outside [0, {num_classes - 1}] ({num_classes} classes); "
+                               f"{int(bad.sum())} labels are out of range")
     return Dataset(x, y, name, num_classes)
