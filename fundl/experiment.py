@@ -269,10 +269,10 @@ def _check_run_args(model, train, test, *, epochs, batch_size, eval_batch_size, 
     if on_nonfinite not in ("stop", "raise", "skip"):
         raise ConfigError(f"run: on_nonfinite must be 'stop', 'raise' or 'skip'; "
                           f"got on_nonfinite={on_nonfinite!r}")
-    transform = transform or (lambda a: np.asarray(a, np.float32))
+    x_like = (transform or (lambda a: np.asarray(a, np.float32)))(x_train[:1])  # the model's input
     for arg, (x, y) in (("train", (x_train, y_train)), ("test", test)):
-        _train._check_values(model, x, y, "run", arg, loss_fn=_cross_entropy,
-                             transform=transform, allow_nonfinite=allow_nonfinite)
+        _train._check_values(model, x, y, "run", arg, loss_fn=_cross_entropy, x_like=x_like,
+                             allow_nonfinite=allow_nonfinite)
     return x_train, y_train, test, steps
 
 

@@ -395,12 +395,14 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
     """
     x, y = _check_data(data, "evaluate", "data")
     _check_batch_size(batch_size, "evaluate")
+    transform = transform or (lambda a: a)
+    first = transform(x[:batch_size])  # also the input of the label check's model trace
     if check_data:
-        _check_values(model, x, y, "evaluate", "data", loss_fn=loss_fn, transform=transform,
+        _check_values(model, x, y, "evaluate", "data", loss_fn=loss_fn, x_like=first,
                       allow_nonfinite=allow_nonfinite, trees=(params, state))
     eval_step = _cached_eval_step(model, loss_fn)
-    transform = transform or (lambda a: a)
-    parts = [eval_step(params, state, (transform(x[i:i + batch_size]), y[i:i + batch_size]))
+    parts = [eval_step(params, state, (first if i == 0 else transform(x[i:i + batch_size]),
+                                       y[i:i + batch_size]))
              for i in range(0, len(x), batch_size)]
     parts = jax.device_get(parts)  # one host sync for the whole pass
     count = sum(int(p["count"]) for p in parts)
@@ -410,15 +412,19 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
     return out
 
 
-def _check_values(model, x, y, where, arg, *, loss_fn, transform=None, allow_nonfinite=False,
+def _check_values(model, x, y, where, arg, *, loss_fn, x_like=None, allow_nonfinite=False,
                   trees=(None, None)):
-    """Host-side, once per call: labels in ``[0, C)`` and finite float data (DataError)."""
+    """Host-side, once per call: labels in ``[0, C)`` and finite float data (DataError).
+
+    ``x_like``: an input batch as the model sees it (after any transform; default ``x``),
+    for the one abstract trace that finds ``C``."""
     _datacheck.check_finite(x, where, f"{arg} x", allow=allow_nonfinite)
     _datacheck.check_finite(y, where, f"{arg} y", allow=allow_nonfinite)
-    x1 = np.asarray(x[:1]) if transform is None else np.asarray(transform(x[:1]))
     c = None
     if np.ndim(y) == 1 and np.issubdtype(np.asarray(y).dtype, np.integer):
-        c = _datacheck.num_classes(model, x1.shape, x1.dtype, *trees)
+        x1 = x[:1] if x_like is None else x_like
+        c = _datacheck.num_classes(model, (1, *np.shape(x1)[1:]), np.asarray(x1[:1]).dtype,
+                                   *trees)
     _datacheck.check_labels(y, c, where, arg, loss_fn=loss_fn)
 
 
