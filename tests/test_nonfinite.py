@@ -206,3 +206,27 @@ def test_run_refuses_nan_data_before_writing(tmp_path):
     with pytest.raises(fundl.ConfigError, match="on_nonfinite must be"):
         run(_model(), optax.sgd(0.1), _images(), _images(8), out=tmp_path / "r", epochs=1,
             batch_size=8, progress=False, on_nonfinite="warn")
+
+
+@pytest.mark.slow
+def test_runner_exits_1_on_a_diverging_run(tmp_path):
+    """experiments/mnist.py with a learning rate that overflows: message, exit status 1,
+    no checkpoint of the non-finite epoch."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, str(repo / "experiments" / "mnist.py"), "--synthetic", "64",
+                        "--epochs", "2", "--batch-size", "16", "--lr", "1e30", "--limit-test", "16",
+                        "--no-progress", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 1, p.stderr[-2000:]
+    assert "stopped: run: non-finite training in epoch 1/2" in p.stderr
+    assert "learning rate" in p.stderr
+    assert not (out / "checkpoints" / "1").exists()
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["epoch"] == 1 and "non-finite" in last["stopped"]
