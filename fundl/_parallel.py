@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from . import _freeze
+from . import _datacheck, _freeze
 from ._precision import Policy, all_finite, cast_floating
 from ._errors import ConfigError, ShapeError
 from ._norm import batch_stats_mode
@@ -56,7 +56,8 @@ def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None, prec
     parameter is not finite, and report ``metrics['skipped']`` (1.0 for a skipped
     step; its other metrics are then those of the skipped step).
     ``checks``: add ``checkify.check`` s of the labels' range and of the loss's
-    finiteness (the step must then be wrapped with :func:`checkify_step`).
+    finiteness (the caller wraps the step with ``checkify.checkify``, as
+    ``fundl.train.make_train_step(checks=True)`` does).
     """
     prec = prec or Policy()
     grads_and_metrics = _grads_and_metrics(model, loss_fn, extra, prec,
@@ -97,26 +98,24 @@ def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None, prec
 def _skip_nonfinite(old, new, grads, metrics):
     """``new`` trees if the loss, the gradients and the new params are finite, else ``old``;
     the metrics gain ``'skipped'`` (float32 0/1)."""
-    ok = jnp.isfinite(metrics["loss"]) & all_finite_leaves(grads) & all_finite_leaves(new[0])
+    ok = (jnp.isfinite(metrics["loss"]) & _datacheck.all_finite(grads)
+          & _datacheck.all_finite(new[0]))
     out = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
     return (*out, {**metrics, "skipped": 1.0 - ok.astype(jnp.float32)})
 
 
-def all_finite_leaves(tree):
-    """A scalar bool: every inexact leaf of ``tree`` is finite (``True`` for none)."""
-    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)
-              if jnp.issubdtype(a.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def _check_labels_in_step(logits, y):
-    """``checkify`` check inside the compiled step: integer labels in ``[0, C)``."""
+def _check_labels_in_step(logits, y, loss_fn):
+    """``checkify`` check inside the compiled step: integer labels in ``[0, C)`` (or the
+    loss's ``ignore_index``); the index is the row within the (micro-)batch."""
     from jax.experimental import checkify
 
     if not is_classification(logits, y):
         return
     c = logits.shape[-1]
     bad = (y < 0) | (y >= c)
+    ignore = _datacheck.index_loss(loss_fn)[1]
+    if ignore is not None:
+        bad &= y != ignore
     i = jnp.argmax(bad)
     checkify.check(~jnp.any(bad), "DataError: train step: batch label {v} at index {i} is "
                    f"outside the valid range [0, {c}) for a model with {c} outputs; "
@@ -150,7 +149,7 @@ def _grads_and_metrics(model, loss_fn, extra, prec, train, checks=False):
             logits, new_state = model.apply_with_state(p, state, xc, key=key, train=train)
             logits = logits.astype(prec.output_dtype) if mixed else logits
             if checks:  # before the loss: a bad label must not be reported as a NaN loss
-                _check_labels_in_step(logits, y)
+                _check_labels_in_step(logits, y, loss_fn)
             loss = loss_fn(logits, y)
             if checks:
                 _check_loss_in_step(loss)
