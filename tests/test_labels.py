@@ -197,3 +197,20 @@ def test_cifar_pickle_loader_refuses_bad_labels(tmp_path):
                          b"labels": labels}, f)
     with pytest.raises(DataError, match=r"label 10 at index 2 is outside \[0, 9\]"):
         load("cifar10", "train", data_dir=tmp_path, source="pickle")
+
+
+def test_run_refuses_float_labels(tmp_path):
+    x, y = _data()
+    with pytest.raises(DataError, match=r"run: train labels y must be integer class indices"):
+        run(_model(), optax.sgd(0.1), (x, y.astype(np.float32)), (x[:8], y[:8]),
+            out=tmp_path / "r", epochs=1, batch_size=8, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_check_data_false_skips_the_host_check():
+    """fit and run check once up front and evaluate every epoch without re-checking."""
+    model = _model()
+    x, y = _data()
+    y[0] = C
+    out = evaluate(model, _params(model), {}, (x, y), check_data=False)
+    assert np.isnan(out["loss"])  # what the check is there to prevent
