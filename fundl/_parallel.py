@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import _freeze
+from ._argcheck import check_scalar_loss
 from ._precision import Policy, all_finite, cast_floating
 from ._errors import ConfigError, ShapeError
 from ._norm import batch_stats_mode
@@ -101,7 +102,7 @@ def _grads_and_metrics(model, loss_fn, extra, prec, train):
                 xc = x
             logits, new_state = model.apply_with_state(p, state, xc, key=key, train=train)
             logits = logits.astype(prec.output_dtype) if mixed else logits
-            loss = loss_fn(logits, y)
+            loss = check_scalar_loss(loss_fn(logits, y), "make_train_step")
             return (loss * prec.loss_scale if scaled else loss), (loss, logits, new_state)
 
         (_, (loss, logits, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(
