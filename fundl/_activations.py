@@ -14,6 +14,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from ._argcheck import check_float_input
 from ._errors import ConfigError, ShapeError
 
 __all__ = [
@@ -43,6 +44,8 @@ def linear(x, w, b=None):
       (8, 4)
     """
     x, w = jnp.asarray(x), jnp.asarray(w)
+    check_float_input(x, "linear", "x")
+    check_float_input(w, "linear", "w")
     if x.ndim < 1:
         raise ShapeError(f"linear: x must have at least 1 dim [..., in]; got shape {x.shape}")
     if w.ndim != 2:

@@ -48,12 +48,19 @@ def check_float_input(x, where: str, what: str = "input x") -> None:
     """Refuse an integer (or bool) array where a float computation begins (its dtype is static:
     free at trace time); float, complex and non-array inputs pass.
 
+    Args:
+      x: the array (or tracer) to check.
+      where: the layer (its label, ``"Conv 'net/conv1'"``) or function (``'conv'``).
+      what: the argument's name in the message (``'x'``, ``'w'``).
+
     Raises:
-      DataError: naming ``where``, the dtype received and how to convert (:data:`INT_INPUT_FIX`).
+      DataError: naming ``where``, the dtype received and how to convert (:data:`INT_INPUT_FIX`
+        for inputs; ``.astype(np.float32)`` for weights).
     """
     dtype = getattr(x, "dtype", None)
     if dtype is None or not (jnp.issubdtype(dtype, jnp.integer) or dtype == np.bool_):
         return
-    raise DataError(f"{where}: {what} has dtype {np.dtype(dtype).name}, but this layer computes "
-                    f"in floating point (integers would wrap around or truncate); "
-                    f"{INT_INPUT_FIX}")
+    fix = INT_INPUT_FIX if what in ("input x", "x") else f"cast it: {what}.astype(np.float32)"
+    raise DataError(f"{where}: {what} has dtype {np.dtype(dtype).name}, but {where.split(' ')[0]} "
+                    "computes in floating point (integer values would pass through unscaled, "
+                    f"or wrap around in an integer convolution); {fix}")
