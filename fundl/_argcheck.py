@@ -62,5 +62,5 @@ def check_float_input(x, where: str, what: str = "input x") -> None:
         return
     fix = INT_INPUT_FIX if what in ("input x", "x") else f"cast it: {what}.astype(np.float32)"
     raise DataError(f"{where}: {what} has dtype {np.dtype(dtype).name}, but {where.split(' ')[0]} "
-                    "computes in floating point (integer values would pass through unscaled, "
-                    f"or wrap around in an integer convolution); {fix}")
+                    "computes in floating point (integers would enter unscaled, e.g. pixels "
+                    f"0..255, or wrap around in integer arithmetic); {fix}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import pathlib
 
 import optax
@@ -42,6 +43,7 @@ def make_schedule(name: str, lr: float, *, epochs: int, steps_per_epoch: int,
     """
     if name not in SCHEDULES:
         raise ConfigError(f"make_schedule: unknown schedule name={name!r}; expected one of {list(SCHEDULES)}")
+    _check_lr(lr, "make_schedule")
     if name == "constant":
         return lr
     total = max(1, epochs * steps_per_epoch)
@@ -50,6 +52,15 @@ def make_schedule(name: str, lr: float, *, epochs: int, steps_per_epoch: int,
     # Milestone epochs are floored (0.75 * 10 -> epoch 7), as int() would in a PyTorch script.
     bounds = sorted({math.floor(f * epochs) * steps_per_epoch for f in milestones} - {0})
     return optax.piecewise_constant_schedule(lr, {b: gamma for b in bounds})
+
+
+def _check_lr(lr, where: str) -> None:
+    """A number learning rate must be finite and > 0 (a schedule, a callable, is not checked)."""
+    if callable(lr):
+        return
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+        raise ConfigError(f"{where}: learning rate must be a finite number > 0 (or an Optax "
+                          f"schedule); got {lr!r}")
 
 
 def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9,
@@ -69,13 +80,22 @@ def make_optimizer(name: str, learning_rate, *, momentum: float = 0.9,
     Returns:
       An ``optax.GradientTransformation``.
 
+    Raises:
+      ConfigError: an unknown name, a learning rate that is not a finite number > 0 (or a
+        schedule), ``momentum`` outside ``[0, 1)``, ``weight_decay`` negative or not finite.
+
     Example:
       >>> opt = make_optimizer("momentum", 0.1, weight_decay=5e-4)
     """
     if name not in OPTIMIZERS:
         raise ConfigError(f"make_optimizer: unknown optimizer name={name!r}; expected one of {list(OPTIMIZERS)}")
-    if weight_decay < 0:
-        raise ConfigError(f"make_optimizer: weight_decay must be >= 0; got {weight_decay}")
+    if not (isinstance(weight_decay, numbers.Real) and 0 <= weight_decay < math.inf):
+        raise ConfigError(f"make_optimizer: weight_decay must be a finite number >= 0; got "
+                          f"weight_decay={weight_decay!r}")
+    if not (isinstance(momentum, numbers.Real) and 0 <= momentum < 1):
+        raise ConfigError(f"make_optimizer: momentum must be in [0, 1) (1 or more diverges); got "
+                          f"momentum={momentum!r}")
+    _check_lr(learning_rate, "make_optimizer")
 
     def decay_mask(params):
         return param_labels(params, {"*/w": True}, default=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -168,6 +169,24 @@ def test_flag_types_directly():
                      (E.open_unit_float, "0"), (E.class_spec, "1-x")]:
         with pytest.raises(argparse.ArgumentTypeError):
             fn(text)
+
+
+@pytest.mark.parametrize("kw,fragment", [
+    ({"learning_rate": float("nan")}, "learning rate must be a finite number > 0"),
+    ({"learning_rate": float("inf")}, "learning rate must be a finite number > 0"),
+    ({"learning_rate": -1.0}, "got -1.0"), ({"learning_rate": 0}, "got 0"),
+    ({"momentum": -1.0}, "momentum must be in [0, 1)"), ({"momentum": 1.5}, "momentum=1.5"),
+    ({"weight_decay": -1e-4}, "weight_decay must be a finite number >= 0"),
+    ({"weight_decay": float("inf")}, "weight_decay=inf")])
+def test_make_optimizer_and_schedule_refuse_meaningless_numbers(kw, fragment):
+    kw = {"learning_rate": 0.1, **kw}
+    lr = kw.pop("learning_rate")
+    with pytest.raises(fundl.ConfigError, match=f"make_optimizer: .*{re.escape(fragment)}"):
+        E.make_optimizer("momentum", lr, **kw)
+    if not kw:  # a bad learning rate: the schedule refuses it too
+        with pytest.raises(fundl.ConfigError, match="make_schedule: learning rate must be"):
+            E.make_schedule("cosine", lr, epochs=1, steps_per_epoch=1)
+    E.make_optimizer("sgd", E.make_schedule("cosine", 0.1, epochs=1, steps_per_epoch=1))  # schedules pass
 
 
 # -- integer images --------------------------------------------------------------------------
