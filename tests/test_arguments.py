@@ -19,6 +19,7 @@ import fundl
 import fundl.autodiff as A
 import fundl.data as D
 import fundl.functional as F
+import fundl.initializers
 import fundl.layers as L
 import fundl.train as T
 from fundl import experiment as E
@@ -257,6 +258,7 @@ _KEY_TAKERS = {
     "jacobians": lambda k: A.jacobians(_NET, _P, _X[:2], key=k, train=True),
     "add_noise": lambda k: A.add_noise({"w": jnp.ones(3)}, key=k, noise_multiplier=1.0, max_norm=1.0,
                                        batch_size=2),
+    "initializers.torch_conv_init": lambda k: fundl.initializers.torch_conv_init(k, (3, 3, 2, 4)),
     "surgery.adapt": lambda k: fundl.surgery.adapt(L.Serial(L.Flatten(), L.Dense(7), name="net"), _P, {},
                                                    key=k, input_shape=(4, 8, 8, 3))[0],
 }
