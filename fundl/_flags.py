@@ -1,4 +1,5 @@
-"""The runners' shared settings: optimizers and schedules by name, and the command-line flags.
+"""The runners' shared settings: optimizers and schedules by name, the command-line flags and
+their checks (argparse ``type=`` functions, :func:`check_training_flags`, :func:`check_paths`).
 
 Part of :mod:`fundl.experiment` (which re-exports the public names).
 """
@@ -161,14 +162,6 @@ def momentum_float(text: str) -> float:
     value = _number(text, float, "a number in [0, 1)")
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a momentum in [0, 1); got {value}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A probability in ``[0, 1]``, for ``type=``."""
-    value = _number(text, float, "a probability in [0, 1]")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1]; got {value}")
     return value
 
 
