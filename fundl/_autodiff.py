@@ -41,6 +41,9 @@ def _path(kp) -> str:
 
 
 def _check_callable(fn, arg: str, where: str) -> None:
+    if isinstance(fn, Layer):  # callable (its __call__ refuses), but not a function of arrays
+        raise ConfigError(f"{where}: {arg} must be a function; got the layer {fn.label()}: wrap "
+                          f"it, e.g. lambda params, x: layer.apply(params, x)")
     if not callable(fn):
         raise ConfigError(f"{where}: {arg} must be a function; got {type(fn).__name__} {fn!r}")
 

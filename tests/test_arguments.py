@@ -357,3 +357,10 @@ def test_calling_a_layer_says_use_apply(model):
         with pytest.raises(TypeError, match=r"fundl layers are not callable: use layer.apply\(params, x\)") as e:
             call()
         assert not isinstance(e.value, fundl.FundlError)
+
+
+def test_a_layer_where_a_function_is_expected_is_refused_early():
+    with pytest.raises(fundl.ConfigError, match="activation must be a function"):
+        L.Residual(L.Dense(3), activation=L.ReLU())
+    with pytest.raises(fundl.ConfigError, match=r"hvp: loss must be a function; got the layer Dense"):
+        A.hvp(L.Dense(3), {}, {})
