@@ -34,7 +34,7 @@ MODELS = ("resnet18", "resnet34", "resnet50")
 
 
 def parse_args(argv=None):
-    from fundl.experiment import add_training_flags
+    from fundl.experiment import add_training_flags, check_training_flags, positive_int
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -43,13 +43,13 @@ def parse_args(argv=None):
                         "then TFDS's default data dir")
     p.add_argument("--source", choices=("auto", "pickle", "tfds"), default="auto",
                    help="where to read CIFAR-10 from (auto: the first that has it)")
-    p.add_argument("--synthetic", type=int, default=None, metavar="N",
+    p.add_argument("--synthetic", type=positive_int, default=None, metavar="N",
                    help="train and test on N random 32x32x3 images instead of real data (smoke tests)")
     p.add_argument("--model", choices=MODELS, default="resnet18", help="ResNet with the CIFAR stem")
     p.add_argument("--no-augment", action="store_true", help="train without crop + flip")
     add_training_flags(p, epochs=30, batch_size=128, optimizer="momentum", lr=0.1, schedule="cosine",
                        momentum=0.9, weight_decay=5e-4, out="runs/cifar10")
-    return p.parse_args(argv)
+    return check_training_flags(p, p.parse_args(argv))
 
 
 def load_data(args):

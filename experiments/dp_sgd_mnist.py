@@ -39,25 +39,26 @@ from _demo_data import DEFAULT_MNIST, load_subset  # noqa: E402
 
 
 def parse_args(argv=None):
+    from fundl.experiment import (non_negative_float, non_negative_int, open_unit_float,
+                                  positive_float, positive_int)
+
     p = argparse.ArgumentParser(description="DP-SGD with per-example clipping on MNIST.")
     p.add_argument("--data-dir", default=str(DEFAULT_MNIST),
                    help=f"MNIST IDX directory (default {DEFAULT_MNIST}); sklearn digits if absent")
-    p.add_argument("--train-size", type=int, default=6000, help="training subset size (default 6000)")
-    p.add_argument("--test-size", type=int, default=2000, help="test subset size (default 2000)")
-    p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
-    p.add_argument("--batch-size", type=int, default=200, help="batch size (default 200)")
-    p.add_argument("--lr", type=float, default=0.5, help="SGD learning rate (default 0.5)")
-    p.add_argument("--max-norm", type=float, default=1.0, help="per-example clipping bound C (default 1.0)")
-    p.add_argument("--noise-multiplier", type=float, default=1.1, help="sigma: noise std is sigma*C (default 1.1)")
-    p.add_argument("--delta", type=float, default=1e-5, help="delta of the (epsilon, delta) report (default 1e-5)")
-    p.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--train-size", type=positive_int, default=6000, help="training subset size (default 6000)")
+    p.add_argument("--test-size", type=positive_int, default=2000, help="test subset size (default 2000)")
+    p.add_argument("--epochs", type=positive_int, default=5, help="epochs (default 5)")
+    p.add_argument("--batch-size", type=positive_int, default=200, help="batch size (default 200)")
+    p.add_argument("--lr", type=positive_float, default=0.5, help="SGD learning rate (default 0.5)")
+    p.add_argument("--max-norm", type=positive_float, default=1.0, help="per-example clipping bound C (default 1.0)")
+    p.add_argument("--noise-multiplier", type=non_negative_float, default=1.1, help="sigma: noise std is sigma*C (default 1.1)")
+    p.add_argument("--delta", type=open_unit_float, default=1e-5, help="delta of the (epsilon, delta) report (default 1e-5)")
+    p.add_argument("--hidden", type=positive_int, default=64, help="hidden units (default 64)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed (default 0)")
     args = p.parse_args(argv)
-    for name in ("train_size", "test_size", "epochs", "batch_size", "hidden"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    if args.max_norm <= 0 or args.noise_multiplier < 0:
-        p.error("--max-norm must be > 0 and --noise-multiplier >= 0")
+    if args.batch_size > args.train_size:
+        p.error(f"argument --batch-size: {args.batch_size} exceeds --train-size "
+                f"{args.train_size}; lower it")
     return args
 
 

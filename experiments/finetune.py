@@ -31,6 +31,8 @@ INPUT = (1, 28, 28, 1)
 
 
 def parse_args(argv=None):
+    from fundl.experiment import check_paths, class_spec, non_negative_int, positive_float, positive_int
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
@@ -38,32 +40,28 @@ def parse_args(argv=None):
       help="pretrained weights: a fundl.io file or a PyTorch state_dict (.pt/.pth/.safetensors); "
            "default: pretrain on --pretrain-classes first (the demo)")
     a("--model", choices=("convnet_mnist", "lenet5", "mlp"), default="convnet_mnist")
-    a("--pretrained-classes", type=int, default=None, metavar="K",
+    a("--pretrained-classes", type=positive_int, default=None, metavar="K",
       help="outputs of the pretrained head (default: read from a fundl.io file)")
-    a("--pretrain-classes", default="0-4", help="demo: the digits to pretrain on")
-    a("--pretrain-epochs", type=int, default=3, help="demo: epochs of pretraining")
-    a("--classes", default="5-9", help="the digits to fine-tune on (labels renumbered 0..k-1)")
-    a("--train-size", type=int, default=500, help="labelled training images of --classes")
+    a("--pretrain-classes", type=class_spec, default="0-4", help="demo: the digits to pretrain on")
+    a("--pretrain-epochs", type=positive_int, default=3, help="demo: epochs of pretraining")
+    a("--classes", type=class_spec, default="5-9", help="the digits to fine-tune on (labels renumbered 0..k-1)")
+    a("--train-size", type=positive_int, default=500, help="labelled training images of --classes")
     a("--head", default=None, help="path of the head to replace (default: the last Dense)")
     a("--freeze", default="all-but-head",
       help="comma-separated path patterns to freeze, 'all-but-head' or 'none'")
-    a("--epochs", type=int, default=20)
-    a("--batch-size", type=int, default=50)
-    a("--lr", type=float, default=0.05, help="SGD with momentum 0.9")
+    a("--epochs", type=positive_int, default=20)
+    a("--batch-size", type=positive_int, default=50)
+    a("--lr", type=positive_float, default=0.05, help="SGD with momentum 0.9")
     a("--compare", action=argparse.BooleanOptionalAction, default=True,
       help="also train the same model from scratch on the same data and steps")
-    a("--seed", type=int, default=0)
+    a("--seed", type=non_negative_int, default=0)
     a("--data-dir", type=pathlib.Path, default=DEFAULT_DATA_DIR)
-    a("--synthetic", type=int, default=None, metavar="N", help="random images (smoke tests)")
+    a("--synthetic", type=positive_int, default=None, metavar="N", help="random images (smoke tests)")
     a("--out", type=pathlib.Path, default=pathlib.Path("runs/finetune"),
       help="demo: where the pretraining run and its weights go")
     a("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    for name in ("train_size", "epochs", "batch_size", "pretrain_epochs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    if not args.lr > 0 or args.lr == float("inf"):
-        p.error(f"--lr must be a finite number > 0; got {args.lr}")
+    check_paths(p, args, out=("out",), inputs=("init_from",))
     return args
 
 

@@ -36,24 +36,24 @@ from _demo_data import DEFAULT_MNIST, load_subset  # noqa: E402
 
 
 def parse_args(argv=None):
+    from fundl.experiment import non_negative_float, non_negative_int, positive_float, positive_int
+
     p = argparse.ArgumentParser(description="Input-gradient regularisation (double backprop) on MNIST.")
     p.add_argument("--data-dir", default=str(DEFAULT_MNIST),
                    help=f"MNIST IDX directory (default {DEFAULT_MNIST}); sklearn digits if absent")
-    p.add_argument("--train-size", type=int, default=6000, help="training subset size (default 6000)")
-    p.add_argument("--test-size", type=int, default=2000, help="test subset size (default 2000)")
-    p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--lam", type=float, default=1.0, help="penalty weight lambda (default 1.0)")
-    p.add_argument("--hidden", type=int, default=256, help="hidden units of the MLP (default 256)")
-    p.add_argument("--fgsm-eps", type=float, default=0.1, help="FGSM step in pixel units, [0, 1] scale (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--train-size", type=positive_int, default=6000, help="training subset size (default 6000)")
+    p.add_argument("--test-size", type=positive_int, default=2000, help="test subset size (default 2000)")
+    p.add_argument("--epochs", type=positive_int, default=5, help="epochs (default 5)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default 128)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lam", type=non_negative_float, default=1.0, help="penalty weight lambda (default 1.0)")
+    p.add_argument("--hidden", type=positive_int, default=256, help="hidden units of the MLP (default 256)")
+    p.add_argument("--fgsm-eps", type=non_negative_float, default=0.1, help="FGSM step in pixel units, [0, 1] scale (default 0.1)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed (default 0)")
     args = p.parse_args(argv)
-    for name in ("train_size", "test_size", "epochs", "batch_size", "hidden"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    if args.lam < 0:
-        p.error(f"--lam must be >= 0; got {args.lam}")
+    if args.batch_size > args.train_size:
+        p.error(f"argument --batch-size: {args.batch_size} exceeds --train-size "
+                f"{args.train_size}; lower it")
     return args
 
 

@@ -33,29 +33,24 @@ import time
 
 
 def parse_args(argv=None):
+    from fundl.experiment import non_negative_float, non_negative_int, positive_float, positive_int
+
     p = argparse.ArgumentParser(description="MAML on few-shot sinusoid regression with fundl.")
-    p.add_argument("--iterations", type=int, default=5000, help="meta-training steps (default 5000)")
-    p.add_argument("--meta-batch", type=int, default=25, help="tasks per meta-step (default 25)")
-    p.add_argument("--k-shot", type=int, default=10, help="support points per task, K (default 10)")
-    p.add_argument("--k-query", type=int, default=10, help="query points per training task (default 10)")
-    p.add_argument("--inner-steps", type=int, default=1, help="SGD steps inside meta-training (default 1)")
-    p.add_argument("--inner-lr", type=float, default=0.01, help="inner SGD learning rate alpha (default 0.01)")
-    p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the meta-step (default 1e-3)")
-    p.add_argument("--hidden", type=int, default=40, help="width of the two hidden layers (default 40)")
+    p.add_argument("--iterations", type=positive_int, default=5000, help="meta-training steps (default 5000)")
+    p.add_argument("--meta-batch", type=positive_int, default=25, help="tasks per meta-step (default 25)")
+    p.add_argument("--k-shot", type=positive_int, default=10, help="support points per task, K (default 10)")
+    p.add_argument("--k-query", type=positive_int, default=10, help="query points per training task (default 10)")
+    p.add_argument("--inner-steps", type=non_negative_int, default=1, help="SGD steps inside meta-training (default 1)")
+    p.add_argument("--inner-lr", type=non_negative_float, default=0.01, help="inner SGD learning rate alpha (default 0.01)")
+    p.add_argument("--meta-lr", type=positive_float, default=1e-3, help="Adam learning rate of the meta-step (default 1e-3)")
+    p.add_argument("--hidden", type=positive_int, default=40, help="width of the two hidden layers (default 40)")
     p.add_argument("--first-order", action="store_true", help="first-order MAML: detach inner gradients")
-    p.add_argument("--test-tasks", type=int, default=500, help="unseen tasks for the final evaluation (default 500)")
-    p.add_argument("--test-steps", type=int, default=10, help="SGD steps of adaptation at test time (default 10)")
-    p.add_argument("--test-query", type=int, default=100, help="query points per test task (default 100)")
-    p.add_argument("--log-every", type=int, default=1000, help="meta-steps between progress lines (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    args = p.parse_args(argv)
-    for name in ("iterations", "meta_batch", "k_shot", "k_query", "hidden", "test_tasks",
-                 "test_query", "log_every"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    if args.inner_steps < 0 or args.test_steps < 0:
-        p.error("--inner-steps and --test-steps must be >= 0")
-    return args
+    p.add_argument("--test-tasks", type=positive_int, default=500, help="unseen tasks for the final evaluation (default 500)")
+    p.add_argument("--test-steps", type=non_negative_int, default=10, help="SGD steps of adaptation at test time (default 10)")
+    p.add_argument("--test-query", type=positive_int, default=100, help="query points per test task (default 100)")
+    p.add_argument("--log-every", type=positive_int, default=1000, help="meta-steps between progress lines (default 1000)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed (default 0)")
+    return p.parse_args(argv)
 
 
 def sample_tasks(rng, n_tasks: int, k_support: int, k_query: int):

@@ -29,7 +29,8 @@ MODELS = ("convnet_mnist", "lenet5", "mlp")
 
 
 def parse_args(argv=None):
-    from fundl.experiment import add_training_flags
+    from fundl.experiment import (add_training_flags, check_training_flags, class_spec,
+                                  positive_int)
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -37,9 +38,9 @@ def parse_args(argv=None):
                    help="which data set")
     p.add_argument("--data-dir", type=pathlib.Path, default=DEFAULT_DATA_DIR,
                    help="directory of the IDX files (or a TFDS data dir); $FUNDL_DATA_DIR is tried next")
-    p.add_argument("--synthetic", type=int, default=None, metavar="N",
+    p.add_argument("--synthetic", type=positive_int, default=None, metavar="N",
                    help="train and test on N random 28x28 images instead of real data (smoke tests)")
-    p.add_argument("--classes", default=None, metavar="SPEC",
+    p.add_argument("--classes", type=class_spec, default=None, metavar="SPEC",
                    help="train and test on these digits only, e.g. '0-4' (labels renumbered "
                         "0..k-1 in order; the model gets k outputs): the pretraining half of "
                         "experiments/finetune.py")
@@ -48,7 +49,7 @@ def parse_args(argv=None):
                         "lenet5: LeNet-5 (tanh); mlp: 784-512-256-10 (ReLU)")
     add_training_flags(p, epochs=10, batch_size=100, optimizer="sgd", lr=0.1, schedule="constant",
                        momentum=0.9, weight_decay=0.0, out="runs/mnist")
-    return p.parse_args(argv)
+    return check_training_flags(p, p.parse_args(argv))
 
 
 def load_data(args):

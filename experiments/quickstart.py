@@ -16,11 +16,13 @@ import time
 
 
 def parse_args(argv=None):
+    from fundl.experiment import non_negative_int, positive_float, positive_int
+
     p = argparse.ArgumentParser(description="Train a small convnet on sklearn's 8x8 digits with fundl.")
-    p.add_argument("--epochs", type=int, default=20, help="passes over the 1,437 training images (default 20)")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per step (default 32)")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialisation and shuffling (default 0)")
+    p.add_argument("--epochs", type=positive_int, default=20, help="passes over the 1,437 training images (default 20)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="examples per step (default 32)")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for initialisation and shuffling (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
     return p.parse_args(argv)
 

@@ -54,6 +54,8 @@ HANDSET = {
 
 
 def parse_args(argv=None):
+    from fundl.experiment import check_paths, non_negative_int, positive_int
+
     p = argparse.ArgumentParser(description="Hand-set and learned convolution filters, as PNGs.")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/filters"),
                    help="output directory (default runs/filters)")
@@ -61,15 +63,17 @@ def parse_args(argv=None):
                    help=f"MNIST gzip IDX directory (default {DEFAULT_DATA_DIR})")
     p.add_argument("--source", choices=("auto", "mnist", "sklearn"), default="auto",
                    help="auto: MNIST if --data-dir exists, else scikit-learn's digits (default auto)")
-    p.add_argument("--epochs", type=int, default=1, help="training epochs for convnet_mnist (default 1)")
-    p.add_argument("--limit-train", type=int, default=None,
+    p.add_argument("--epochs", type=non_negative_int, default=1, help="training epochs for convnet_mnist (default 1)")
+    p.add_argument("--limit-train", type=positive_int, default=None,
                    help="train on the first N training images only (default: all)")
     p.add_argument("--from-run", type=pathlib.Path, default=None, metavar="DIR",
                    help="show the convnet_mnist trained by experiments/mnist.py --out DIR (its latest "
                         "checkpoint and normalisation) instead of training one here")
-    p.add_argument("--index", type=int, default=0, help="which test digit to show (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialisation and shuffling (default 0)")
-    return p.parse_args(argv)
+    p.add_argument("--index", type=non_negative_int, default=0, help="which test digit to show (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for initialisation and shuffling (default 0)")
+    args = p.parse_args(argv)
+    check_paths(p, args, out=("out",), dirs=("from_run",))
+    return args
 
 
 # -- data ----------------------------------------------------------------------

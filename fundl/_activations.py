@@ -14,7 +14,9 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from ._argcheck import check_float_input
 from ._errors import ConfigError, ShapeError
+from ._keys import as_key
 
 __all__ = [
     "linear", "relu", "leaky_relu", "elu", "gelu", "sigmoid", "tanh", "softplus",
@@ -43,6 +45,8 @@ def linear(x, w, b=None):
       (8, 4)
     """
     x, w = jnp.asarray(x), jnp.asarray(w)
+    check_float_input(x, "linear", "x")
+    check_float_input(w, "linear", "w")
     if x.ndim < 1:
         raise ShapeError(f"linear: x must have at least 1 dim [..., in]; got shape {x.shape}")
     if w.ndim != 2:
@@ -231,7 +235,7 @@ def dropout(x, rate: float, *, key=None, train: bool = True):
     Args:
       x: input, any shape ``[...]``; the output has the same shape.
       rate: drop probability, a Python number in ``[0, 1)``.
-      key: a ``jax.random`` key; required when ``train`` and ``rate > 0``.
+      key: a ``jax.random`` key or an int seed; required when ``train`` and ``rate > 0``.
       train: ``False`` (evaluation) returns ``x`` unchanged.
 
     Raises:
@@ -253,6 +257,7 @@ def dropout(x, rate: float, *, key=None, train: bool = True):
         raise ConfigError(
             f"dropout: train=True with rate={rate} needs randomness; pass key= (a jax.random "
             "key, e.g. jax.random.key(0) or a split of one) at call time, or train=False")
+    key = as_key(key, "dropout")
     x = jnp.asarray(x)
     # Not wrapped in jit: bernoulli is itself jitted with a traced p, so eager
     # calls with any rate share one compiled sampler per shape.

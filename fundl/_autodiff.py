@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from ._errors import ConfigError, ShapeError
+from ._keys import as_key, as_optional_key
 from ._layer import Layer
 
 Params = Any
@@ -40,6 +41,9 @@ def _path(kp) -> str:
 
 
 def _check_callable(fn, arg: str, where: str) -> None:
+    if isinstance(fn, Layer):  # callable (its __call__ refuses), but not a function of arrays
+        raise ConfigError(f"{where}: {arg} must be a function; got the layer {fn.label()}: wrap "
+                          f"it, e.g. lambda params, x: layer.apply(params, x)")
     if not callable(fn):
         raise ConfigError(f"{where}: {arg} must be a function; got {type(fn).__name__} {fn!r}")
 
@@ -125,7 +129,7 @@ def jacobians(layer: Layer, params, x, *, state=None, train: bool = False, key=N
         norm uses batch statistics, so the output of one example depends on
         the others: the full Jacobian shows it (off-diagonal blocks).
       train: training mode (batch statistics, dropout).
-      key: a ``jax.random`` key for dropout when ``train=True``.
+      key: a ``jax.random`` key (or an int seed) for dropout when ``train=True``.
       per_example: return each example's own Jacobian (``[N, *out, *in]``): the
         diagonal blocks, computed with each example run as a batch of one.
         Not allowed for a stateful layer with ``train=True`` (batch statistics
@@ -161,6 +165,7 @@ def jacobians(layer: Layer, params, x, *, state=None, train: bool = False, key=N
                           f"{layer.label()}: batch statistics couple the examples; use train=False "
                           "or the full Jacobian (per_example=False)")
     st = {} if state is None else state
+    key = as_optional_key(key, where)
 
     def f(xx, p, k):
         return layer.apply_with_state(p, st, xx, key=k, train=train)[0]
@@ -632,7 +637,7 @@ def add_noise(grads_sum, *, key, noise_multiplier: float, max_norm: float, batch
     Args:
       grads_sum: the sum over the batch of the clipped per-example gradients, a
         tree like ``params``.
-      key: a ``jax.random`` key (independent noise for every leaf).
+      key: a ``jax.random`` key or an int seed (independent noise for every leaf).
       noise_multiplier: ``sigma >= 0``; the noise standard deviation is ``sigma * C``.
       max_norm: the clipping bound ``C`` used on each example.
       batch_size: ``B``, the (expected) number of examples summed.
@@ -645,6 +650,7 @@ def add_noise(grads_sum, *, key, noise_multiplier: float, max_norm: float, batch
     _check_positive(where, "max_norm", max_norm)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"{where}: batch_size must be a positive int; got batch_size={batch_size!r}")
+    key = as_key(key, where)
     leaves, treedef = jax.tree_util.tree_flatten(grads_sum)
     if isinstance(noise_multiplier, numbers.Real) and noise_multiplier == 0:
         return jax.tree_util.tree_map(lambda g: g / batch_size, grads_sum)  # no RNG to compile
@@ -683,7 +689,7 @@ def dp_sgd_grads(loss: Callable, params, batch, *args, key, max_norm: float,
       params: the parameters.
       batch: arrays with a leading axis ``N``, e.g. ``(x, y)``.
       *args: further arguments of ``loss`` shared by every example.
-      key: a ``jax.random`` key for the noise.
+      key: a ``jax.random`` key or an int seed for the noise.
       max_norm: clipping bound ``C > 0``.
       noise_multiplier: ``sigma >= 0`` (0 gives clipped, noiseless SGD).
       has_aux: ``loss`` returns ``(scalar, aux)``; ``aux`` is ignored.

@@ -240,7 +240,8 @@ class Residual(Layer):
         if self.projection == "auto" and self.shortcut is None:
             raise ConfigError(f"{where}: projection='auto' needs a shortcut layer to use when "
                               "shapes change")
-        if self.activation is not None and not callable(self.activation):
+        if self.activation is not None and (not callable(self.activation)
+                                            or isinstance(self.activation, Layer)):
             raise ConfigError(f"{where}: activation must be a function such as jax.nn.relu, or "
                               f"None; got {self.activation!r}")
         if self.body.name != "body":

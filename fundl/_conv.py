@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ._argcheck import check_float_input
 from ._errors import ConfigError, ShapeError
 from ._lowering import conv_general
 from ._shapes import _pairs, resolve_padding
@@ -43,6 +44,8 @@ def _check_groups(groups, fn):
 
 
 def _check_ranks(x, w, fn, w_layout):
+    check_float_input(x, fn, "x")
+    check_float_input(w, fn, "w")
     if w.ndim < 3:
         raise ShapeError(f"{fn}: w must have rank >= 3 ({w_layout}); got w.shape={w.shape}")
     n = w.ndim - 2

@@ -23,6 +23,7 @@ from dataclasses import KW_ONLY
 import jax
 import jax.numpy as jnp
 
+from ._argcheck import check_float_input
 from . import _activations as _act
 from ._checks import check_spatial, implied_rank, input_rank
 from ._conv import _transpose_pads, conv, conv_transpose
@@ -167,6 +168,7 @@ class Dense(Layer):
         w = _param(params, "w", lab)
         shape = jnp.shape(x)
         self._check_rank(shape)
+        check_float_input(x, lab)
         if shape[-1] != w.shape[0]:
             raise ShapeError(f"{lab}: input has {shape[-1]} features (last axis) but the "
                              f"parameters were initialised for {w.shape[0]} (params['w'] has "
@@ -259,6 +261,7 @@ class _ConvBase(Layer):
         spatial rank, checked against each other."""
         w = _param(params, "w", lab)
         shape = jnp.shape(x)
+        check_float_input(x, lab)
         n = input_rank(lab, shape, w.ndim - 2, f"params['w'] of shape {tuple(w.shape)}")
         expected = w.shape[-2] if self.transpose else w.shape[-2] * self.groups
         _check_channels(lab, shape, expected, w.shape, self.groups)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from . import _context
 from ._errors import ConfigError
+from ._keys import as_key
 
 __all__ = [
     "check_initializer",
@@ -52,7 +53,8 @@ def uniform(bound: float) -> Initializer:
       bound: half-width of the interval (``>= 0``).
 
     Returns:
-      An initialiser ``(key, shape, dtype=float32) -> array``.
+      An initialiser ``(key, shape, dtype=float32) -> array`` (``key``: a ``jax.random`` key
+      or an int seed).
 
     >>> w = uniform(0.1)(jax.random.key(0), (3, 4))
     >>> bool(abs(w).max() <= 0.1)
@@ -63,7 +65,7 @@ def uniform(bound: float) -> Initializer:
         raise ConfigError(f"uniform: bound must be >= 0; got {bound!r}")
 
     def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        return jax.random.uniform(as_key(key, "initializer"), shape, dtype, -bound, bound)
 
     return init
 

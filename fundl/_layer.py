@@ -34,6 +34,7 @@ import jax
 
 from . import _context, _fields
 from ._errors import ConfigError, ShapeError
+from ._keys import as_key, as_optional_key
 
 Shape = tuple  # a tuple of ints, e.g. (N, H, W, C); multi-input layers take a tuple of shapes
 Params = Any   # a (possibly empty) dict pytree of arrays
@@ -152,6 +153,16 @@ class Layer:
         """The same layer under another name (the key of its parameters)."""
         return self.replace(name=name)
 
+    def __call__(self, *args, **kwargs):
+        """Refused: a layer holds no parameters, so it is applied with them explicitly.
+
+        Raises:
+          TypeError: saying to use ``layer.apply(params, x)``.
+        """
+        raise TypeError(f"{self.label()}: fundl layers are not callable: use "
+                        "layer.apply(params, x) (after params = layer.init(key, input_shape)[1]; "
+                        "with batch norm, (y, state) = layer.apply(params, x, state=state))")
+
     def __repr__(self):
         return _fields.fields_repr(self, "")
 
@@ -251,6 +262,7 @@ class Layer:
     def init_with_state(self, key, input_shape) -> tuple[Shape, Params, State]:
         """Output shape, parameters and state for ``input_shape`` (includes the batch)."""
         input_shape = check_shape(input_shape, self)
+        key = as_key(key, f"{self.label()}.init")
         parent = _context.current().frame
         frame = _context.InitFrame()
         with _context.scope(self.name), _context.using(frame=frame) as ctx:
@@ -287,7 +299,7 @@ class Layer:
         """Initialise from shapes alone.
 
         Args:
-          key: a ``jax.random`` key.
+          key: a ``jax.random`` key, or an int seed (``jax.random.key(seed)``).
           input_shape: the input's shape including the batch, e.g. ``(N, H, W, C)``;
             a tuple of shapes for layers with several inputs.
 
@@ -306,7 +318,7 @@ class Layer:
             shapes and dtype kinds).
           x: the input, ``[N, *spatial, C]`` (or a tuple for multi-input layers).
           state: the state pytree from ``init`` (required iff ``self.stateful``).
-          key: a ``jax.random`` key, needed by dropout when ``train=True``.
+          key: a ``jax.random`` key (or an int seed), needed by dropout when ``train=True``.
           train: training mode (dropout active, batch statistics used and
             updated), or a mapping ``{path pattern: bool}`` choosing it per
             layer (first matching pattern wins; unmatched layers evaluate),
@@ -363,6 +375,7 @@ def _apply_root(layer: Layer, params, state, x, key, train, ctx):
     from . import _modes, _paramcheck
 
     train = False if train is None else train
+    key = as_optional_key(key, f"{layer.label()}.apply")
     modes = _modes.from_train(train, layer)
     want = _paramcheck.check(layer, params, state, x)
     with _context.using(root=len(ctx.path), modes=modes, expected=want):

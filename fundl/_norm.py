@@ -18,6 +18,7 @@ from dataclasses import KW_ONLY
 import jax
 import jax.numpy as jnp
 
+from ._argcheck import check_float_input
 from . import _context
 from ._checks import channels
 from ._errors import ConfigError, ShapeError
@@ -165,6 +166,7 @@ class BatchNorm(Layer):
         lab = self.label()
         x = jnp.asarray(x)
         shape = x.shape
+        check_float_input(x, lab)
         self._check_apply(lab, params, state, shape)
         xf = x.astype(_compute_dtype(x.dtype))
         # Work on [G, N/G, ..., C]: G = 1 but for per-device ("ghost") statistics in a
@@ -268,6 +270,7 @@ class LayerNorm(Layer):
     def forward(self, params, x, *, key, train):
         x = jnp.asarray(x)
         shape = x.shape
+        check_float_input(x, self.label())
         _check_params(self.label(), params, self.elementwise_affine, self._channels(shape))
         xf = x.astype(_compute_dtype(x.dtype))
         mean = jnp.mean(xf, axis=-1, keepdims=True)

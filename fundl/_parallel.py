@@ -20,6 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from . import _datacheck, _freeze
+from ._argcheck import check_scalar_loss
 from ._precision import Policy, all_finite, cast_floating
 from ._errors import ConfigError, ShapeError
 from ._norm import batch_stats_mode
@@ -150,7 +151,7 @@ def _grads_and_metrics(model, loss_fn, extra, prec, train, checks=False):
             logits = logits.astype(prec.output_dtype) if mixed else logits
             if checks:  # before the loss: a bad label must not be reported as a NaN loss
                 _check_labels_in_step(logits, y, loss_fn)
-            loss = loss_fn(logits, y)
+            loss = check_scalar_loss(loss_fn(logits, y), "make_train_step")
             if checks:
                 _check_loss_in_step(loss)
             return (loss * prec.loss_scale if scaled else loss), (loss, logits, new_state)

@@ -15,6 +15,7 @@ from dataclasses import KW_ONLY
 import jax  # noqa: F401  (the doctest examples use jax.random)
 import jax.numpy as jnp
 
+from ._argcheck import check_float_input
 from ._checks import check_spatial, implied_rank, input_rank, min_rank
 from ._errors import ConfigError, ShapeError
 from ._layer import Layer
@@ -30,6 +31,8 @@ class _WindowPool(Layer):
     kernel_size: int | tuple
     stride: int | tuple | None = None
     padding: int | tuple = 0
+
+    averages = False  # True: integer inputs are refused (they would go through unscaled)
 
     def _dilation(self):
         return 1
@@ -77,6 +80,8 @@ class _WindowPool(Layer):
 
     def forward(self, params, x, *, key, train):
         lab, shape = self.label(), jnp.shape(x)
+        if self.averages:
+            check_float_input(x, lab)
         k, s, p, d, _ = self._geometry(lab, shape, self._rank(lab, shape))
         return self.pool(x, k, s, p, d)
 
@@ -143,6 +148,8 @@ class AvgPool(_WindowPool):
         self._set(count_include_pad=check_bool(self.count_include_pad, "count_include_pad",
                                                self.where()))
 
+    averages = True
+
     def pool(self, x, k, s, p, d):
         return avg_pool(x, k, s, p, self.ceil_mode, self.count_include_pad)
 
@@ -189,6 +196,7 @@ class AdaptiveAvgPool(Layer):
         return (input_shape[0], *self._out(input_shape), input_shape[-1]), {}
 
     def forward(self, params, x, *, key, train):
+        check_float_input(x, self.label())
         return adaptive_avg_pool(x, self._out(jnp.shape(x)))
 
 
@@ -224,4 +232,5 @@ class GlobalAvgPool(Layer):
 
     def forward(self, params, x, *, key, train):
         min_rank(self.label(), jnp.shape(x), 3, self._LAYOUT)
+        check_float_input(x, self.label())
         return global_avg_pool(x, keepdims=self.keepdims)

@@ -53,11 +53,15 @@ from .train import make_train_step
 
 from ._checkpoints import _checkpoint_manager, _restore, _save, export_checkpoint, load_checkpoint
 from ._flags import OPTIMIZERS, SCHEDULES, add_training_flags, make_optimizer, make_schedule
+from ._flags import (check_paths, check_training_flags, class_spec, momentum_float, non_negative_float,
+                     non_negative_int, open_unit_float, positive_float, positive_int)
 from ._rundir import _check_config, _write_metrics, plot_curves, read_metrics
 
 __all__ = ["run", "load_checkpoint", "export_checkpoint", "load_splits", "steps_per_epoch",
            "make_schedule", "make_optimizer", "add_training_flags", "read_metrics",
-           "plot_curves", "SCHEDULES", "OPTIMIZERS"]
+           "plot_curves", "SCHEDULES", "OPTIMIZERS", "check_training_flags", "check_paths",
+           "positive_int", "non_negative_int", "positive_float", "non_negative_float",
+           "momentum_float", "open_unit_float", "class_spec"]
 
 
 def load_splits(name: str, *, image_shape: tuple[int, int, int], data_dir=None, source: str = "auto",

@@ -40,6 +40,7 @@ import numpy as np
 
 from ._combinators import Graph, Parallel, Residual, Serial
 from ._errors import ConfigError, FundlError
+from ._keys import as_key
 from ._layer import Layer
 
 __all__ = ["get", "paths", "replace", "remove", "insert", "adapt", "Report"]
@@ -396,16 +397,6 @@ def _merge(fresh: dict, old_groups: dict, prefix: str, tag: str, report: dict) -
     return {k: out[k] if k in out else leaves[k] for k in fresh}
 
 
-def _check_key(fn: str, key) -> None:
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape == ():
-            return
-    elif isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,):
-        return
-    raise ConfigError(f"{fn}: key must be one jax.random key, e.g. key=jax.random.key(0); got "
-                      f"{type(key).__name__} {_short(key)}")
-
-
 def adapt(new_model: Layer, params, state, *, key, input_shape):
     """Params and state for ``new_model``, keeping every old group of arrays that still fits.
 
@@ -422,7 +413,7 @@ def adapt(new_model: Layer, params, state, *, key, input_shape):
       new_model: the edited model (e.g. from :func:`replace`).
       params: the old model's params (a dict of dicts of arrays).
       state: the old model's state; ``{}`` (or None) for a stateless one.
-      key: a ``jax.random`` key for the fresh arrays.
+      key: a ``jax.random`` key (or an int seed) for the fresh arrays.
       input_shape: ``new_model``'s input shape, batch included, e.g. ``(1, 224, 224, 3)``.
 
     Returns:
@@ -452,7 +443,7 @@ def adapt(new_model: Layer, params, state, *, key, input_shape):
     _check_layer(fn, "new_model", new_model)
     old_p = _groups(fn, "params", params)
     old_s = _groups(fn, "state", {} if state is None else state)
-    _check_key(fn, key)
+    key = as_key(key, fn)
     _, fresh_p, fresh_s = new_model.init_with_state(key, input_shape)
     report = {"kept": [], "initialised": [], "reasons": {}}
     new_p = _merge(fresh_p, old_p, "", "", report)

@@ -89,7 +89,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _datacheck, _freeze, _loop, _parallel, _precision
+from . import _argcheck, _datacheck, _freeze, _keys, _loop, _parallel, _precision
 from ._freeze import trainable
 from . import functional as F
 from ._errors import ConfigError, DataError, NonFiniteError, ShapeError
@@ -243,9 +243,7 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
 
 
     _check_model(model, "make_train_step")
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise ConfigError("make_train_step: optimizer must be an optax GradientTransformation "
-                          f"(e.g. optax.adam(1e-3)); got {type(optimizer).__name__}")
+    _argcheck.check_optimizer(optimizer, "make_train_step")
     if parallel not in _parallel.PARALLEL:
         raise ConfigError(f"make_train_step: parallel must be one of {list(_parallel.PARALLEL)}; "
                           f"got parallel={parallel!r}")
@@ -330,7 +328,8 @@ def make_eval_step(model: Layer, *, loss_fn: Callable = F.cross_entropy) -> Call
         logits, _ = model.apply_with_state(params, state, x, key=None, train=False)
         n = x.shape[0]
         # loss_fn is a batch mean; times n gives the batch's sum of per-example losses.
-        out = {"loss_sum": loss_fn(logits, y) * n, "count": jnp.asarray(n, jnp.int32)}
+        loss = _argcheck.check_scalar_loss(loss_fn(logits, y), "evaluate")
+        out = {"loss_sum": loss * n, "count": jnp.asarray(n, jnp.int32)}
         if _is_classification(logits, y):
             out["correct"] = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
         return out
@@ -520,6 +519,7 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
     from tqdm.auto import tqdm  # imported here: only the epoch lines need it
 
     _check_model(model, "fit")
+    _argcheck.check_optimizer(optimizer, "fit")
     x, y, steps = _check_fit_args(train_data, eval_data, epochs=epochs, batch_size=batch_size,
                                   log_every=log_every, drop_last=drop_last)
     _check_fit_values(model, (params, state), train_data, eval_data, loss_fn=loss_fn,
@@ -620,17 +620,7 @@ def _fit_record(epoch, result, model, trees, eval_data, loss_fn) -> dict:
 
 def _as_key(key):
     """A typed ``jax.random`` key from a key, a legacy ``uint32[2]`` key or an int seed."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ConfigError(f"fit: key must be a single key; got a key array of shape {key.shape}")
-        return key
-    arr = jnp.asarray(key) if isinstance(key, (jax.Array, np.ndarray)) else None
-    if arr is not None and arr.dtype == jnp.uint32 and arr.shape == (2,):
-        return jax.random.wrap_key_data(arr)
-    raise ConfigError(f"fit: key must be a jax.random.key(...), a legacy PRNGKey or an int seed; "
-                      f"got {type(key).__name__}")
+    return _keys.as_key(key, "fit")
 
 
 def _copy_and_init(init_opt_state, params, state, opt_state):

@@ -450,12 +450,16 @@ def test_runner_init_from_refuses_other_files_and_models(tmp_path):
     with pytest.raises(fundl.ShapeError, match=r"Conv 'lenet5/conv1': params 'w' has shape \(5, 5, 1, 32\)"):
         mnist.main([*_TINY, "--epochs", "1", "--model", "lenet5", "--out", str(tmp_path / "b"),
                     "--init-from", str(tmp_path / "convnet.safetensors")])
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    # a missing --init-from and an --export-model in a missing directory: argparse errors (exit 2)
+    # at parse time, before anything is written (messages: tests/test_arguments.py)
+    with pytest.raises(SystemExit) as e:
         mnist.main([*_TINY, "--epochs", "1", "--out", str(tmp_path / "c"), "--init-from",
                     str(tmp_path / "missing.safetensors")])
-    with pytest.raises(fundl.ConfigError, match=r"export_model=.* the directory .*nodir does not exist"):
+    assert e.value.code == 2 and not (tmp_path / "c").exists()
+    with pytest.raises(SystemExit) as e:
         mnist.main([*_TINY, "--epochs", "1", "--out", str(tmp_path / "d"), "--export-model",
-                    str(tmp_path / "nodir" / "m.safetensors")])  # refused before training
+                    str(tmp_path / "nodir" / "m.safetensors")])
+    assert e.value.code == 2 and not (tmp_path / "d").exists()
 
 
 @pytest.mark.slow

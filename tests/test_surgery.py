@@ -356,8 +356,8 @@ BAD_INPUTS = [
      ["surgery.adapt", "params must be a dict", "list"]),
     (lambda: surgery.adapt(mlp(), {"head": {"w": [1.0]}}, {}, key=KEY, input_shape=(2, 4)),
      ["params leaf 'head/w' must be an array", "list"]),
-    (lambda: surgery.adapt(mlp(), {}, {}, key=0, input_shape=(2, 4)),
-     ["key must be one jax.random key", "jax.random.key(0)", "int"]),
+    (lambda: surgery.adapt(mlp(), {}, {}, key="0", input_shape=(2, 4)),  # an int seed is accepted
+     ["surgery.adapt: key must be a jax.random.key(seed)", "or an int seed", "str"]),
     (lambda: surgery.adapt(mlp(), {"mlp": {"head": {"w": jnp.ones((8, 3))}}}, {}, key=KEY,
                            input_shape=(2, 4)),
      ["no path of the old params or state exists", "'mlp/head'", "relative to the model"]),

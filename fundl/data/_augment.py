@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from .._errors import ConfigError, ShapeError
+from .._keys import as_key
 
 
 def _check_nhwc(where: str, x):
@@ -38,7 +39,7 @@ def random_crop(key, x, padding: int = 4):
     uniform over the ``(2 * padding + 1) ** 2`` windows of the padded image.
 
     Args:
-      key: a ``jax.random`` key.
+      key: a ``jax.random`` key or an int seed.
       x: ``[N, H, W, C]`` images (any dtype; the padding is zeros).
       padding: non-negative int, pixels added on each side.
 
@@ -61,7 +62,7 @@ def random_crop(key, x, padding: int = 4):
     if padding < 0:
         raise ConfigError(f"random_crop: padding must be >= 0; got padding={padding}")
     _check_nhwc("random_crop", x)
-    return _random_crop(key, x, padding)
+    return _random_crop(as_key(key, "random_crop"), x, padding)
 
 
 @jax.jit
@@ -77,7 +78,7 @@ def random_flip(key, x):
     ``random_flip(k, random_flip(k, x)) == x``.
 
     Args:
-      key: a ``jax.random`` key.
+      key: a ``jax.random`` key or an int seed.
       x: ``[N, H, W, C]`` images.
 
     Returns:
@@ -93,7 +94,7 @@ def random_flip(key, x):
       [(0.0, 1.0, 2.0), (2.0, 1.0, 0.0)]
     """
     _check_nhwc("random_flip", x)
-    return _random_flip(key, x)
+    return _random_flip(as_key(key, "random_flip"), x)
 
 
 @jax.jit
@@ -108,7 +109,7 @@ def augment_cifar(key, x):
     ``key`` is split once: the first half drives the crops, the second the flips.
 
     Args:
-      key: a ``jax.random`` key.
+      key: a ``jax.random`` key or an int seed.
       x: ``[N, H, W, C]`` images, e.g. ``[N, 32, 32, 3]``.
 
     Returns:
@@ -123,4 +124,4 @@ def augment_cifar(key, x):
       dtype('uint8')
     """
     _check_nhwc("augment_cifar", x)
-    return _augment_cifar(key, x)
+    return _augment_cifar(as_key(key, "augment_cifar"), x)
