@@ -96,6 +96,7 @@ def main(argv=None):
                eval_batch_size=args.eval_batch_size, config=config, learning_rate=lr,
                init_from=args.init_from, export_params=args.export_params,
                export_model=args.export_model,
+               force=args.force,
                title=f"{args.model} on CIFAR-10" if args.synthetic is None else f"{args.model}, synthetic")
 
 

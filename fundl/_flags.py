@@ -99,8 +99,8 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
     Flags: ``--epochs --batch-size --optimizer --lr --momentum --weight-decay
     --schedule --seed --out --resume --stop-after --no-progress --limit-train
     --limit-test --eval-batch-size --data-parallel --init-from --export-params
-    --export-model`` (the last three: :func:`run`'s ``init_from``,
-    ``export_params``, ``export_model``).
+    --export-model --force`` (the last four: :func:`run`'s ``init_from``,
+    ``export_params``, ``export_model``, ``force``).
     """
     a = parser.add_argument
     a("--epochs", type=int, default=epochs, help=f"passes over the training set (default {epochs})")
@@ -142,5 +142,8 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
       help="after the last epoch, write the model as fundl.export bytes to FILE (StableHLO and "
            "weights, any batch size; run it with fundl.load_exported(FILE) on input normalised "
            "as in training)")
+    a("--force", action="store_true",
+      help="with --resume: continue although --out's config.json is missing or unreadable "
+           "(its settings cannot be checked; it is rewritten with this invocation's)")
 
 
