@@ -42,7 +42,7 @@ class _Fault(Exception):
     """A checkpoint that cannot be used: ``file`` and what is wrong with it."""
 
     def __init__(self, file, problem: str):
-        super().__init__(f"{file}: {problem}")
+        super().__init__(f"{file} {problem}")
         self.file, self.problem = pathlib.Path(file), problem
 
 
@@ -91,8 +91,8 @@ def _verify(tree, record: Mapping, where) -> None:
     bad = [k for k, (crc, shape, dtype) in want.items()
            if (_crc(got[k]), list(got[k].shape), str(got[k].dtype)) != (crc, list(shape), dtype)]
     if bad:
-        raise _Fault(where, f"{len(bad)} array(s) fail their checksum ({', '.join(bad[:3])}"
-                            f"{', ...' if len(bad) > 3 else ''}): the data files are damaged")
+        raise _Fault(where, f"has {len(bad)} array(s) that fail their checksum ({', '.join(bad[:3])}"
+                            f"{', ...' if len(bad) > 3 else ''}): its data files are damaged")
 
 
 def _save(manager, epoch: int, tree) -> None:
@@ -123,7 +123,7 @@ def _read_meta(step_dir: pathlib.Path) -> dict:
     except FileNotFoundError:
         raise _Fault(path, "is missing (the checkpoint is partial)") from None
     except (OSError, ValueError) as e:
-        raise _Fault(path, f"is unreadable ({type(e).__name__}: {_short(e)})") from None
+        raise _Fault(path, f"is unreadable ({_short(e)})") from None
     if not isinstance(meta, dict) or meta.get("epoch") != int(step_dir.name):
         raise _Fault(path, f"does not record epoch {step_dir.name}")
     return meta
@@ -147,9 +147,12 @@ def _rotate(manager) -> None:
 
 
 def _short(e: BaseException) -> str:
-    """The first line of an exception's text, at most 200 characters."""
+    """``'Type: first line'`` of the innermost cause of an exception, at most 200 characters
+    (TensorStore's outer message is a page of its spec; the cause says what is wrong)."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
     text = (str(e).strip().splitlines() or [""])[0]
-    return text[:200] + ("..." if len(text) > 200 else "")
+    return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
 
 
 def _read_step(step_dir: pathlib.Path, target):
@@ -170,7 +173,7 @@ def _read_step(step_dir: pathlib.Path, target):
         try:
             tree = reader.restore(train, abstract)
         except Exception as e:  # Orbax/TensorStore: truncated or missing data files, bad JSON
-            raise _Fault(train, f"cannot be read ({type(e).__name__}: {_short(e)})") from None
+            raise _Fault(train, f"cannot be read ({_short(e)})") from None
     if "arrays" not in meta:
         warnings.warn(f"checkpoint {step_dir} has no checksum record (written by an older "
                       "fundl): restored without verification", stacklevel=3)
@@ -195,7 +198,7 @@ def _restore_newest(directory: pathlib.Path, target, *, who: str, epoch: int | N
         except _Fault as fault:
             faults.append(fault)
             if epoch is None:
-                warnings.warn(f"{who}: checkpoint {directory / str(step)} is unusable: {fault}; "
+                warnings.warn(f"{who}: the checkpoint of epoch {step} is unusable: {fault}; "
                               "trying the next older one", stacklevel=3)
     if not faults:
         return 0, None, []
@@ -272,7 +275,7 @@ def load_checkpoint(out, epoch: int | None = None, *,
         try:
             meta = reader.metadata(path)
         except Exception as e:  # unreadable _METADATA
-            raise _Fault(path, f"has unreadable metadata ({type(e).__name__}: {_short(e)})") from None
+            raise _Fault(path, f"has unreadable metadata ({_short(e)})") from None
         meta = getattr(meta, "item_metadata", meta)
         tree = dict(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev),
                                  meta))
