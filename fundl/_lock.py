@@ -43,7 +43,7 @@ def _read(path: pathlib.Path) -> dict | None:
             holder = json.loads(path.read_text())
             if isinstance(holder, dict) and isinstance(holder.get("pid"), int):
                 return holder
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, ValueError):
             pass
