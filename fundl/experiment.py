@@ -60,7 +60,7 @@ import optax
 from . import _loop
 from . import io as _io
 from . import train as _train  # module lookup: train.evaluate is the one evaluator
-from ._errors import ConfigError, NotFundlFileError, ShapeError
+from ._errors import ConfigError, DirectoryInUseError, NotFundlFileError, ShapeError
 from ._export import export as _export_model
 from ._layer import Layer
 from .data import batches, prefetch_to_device
@@ -221,21 +221,30 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
 
 
 def _open_run_dir(out: pathlib.Path, config, *, resume, force, primary):
-    """Validate ``out`` (writing nothing: see :func:`fundl._rundir._check_run_dir`), then create
-    it, take its lock and write ``config.json`` (process 0). Returns ``(records, lock)``: the
-    ``metrics.jsonl`` records to resume from and the lock (``None`` on other processes)."""
-    if primary:
-        _lock.check_free(out)
-    records = _check_run_dir(out, config, resume=resume, force=force)
-    if not primary:
-        return records, None
-    out.mkdir(parents=True, exist_ok=True)
-    lock = _lock.acquire(out)
+    """Validate ``out`` (writing nothing: a live lock, then
+    :func:`fundl._rundir._check_run_dir`), then create it, take its lock and write
+    ``config.json`` (process 0 only). Returns ``(records, lock)``: the ``metrics.jsonl``
+    records to resume from and the lock (``None`` on other processes)."""
+    lock = error = records = None
     try:
-        _write_config(out, config)
-    except BaseException:
+        if primary:
+            _lock.check_free(out)
+        records = _check_run_dir(out, config, resume=resume, force=force)
+        if primary:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = _lock.acquire(out)
+            _write_config(out, config)
+    except Exception as e:  # noqa: BLE001 -- re-raised below, after telling the other processes
         _lock.release(lock)
-        raise
+        error = e
+    if jax.process_count() > 1:  # the others stop too, instead of waiting for process 0
+        from jax.experimental import multihost_utils
+        ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+        if not ok and error is None:
+            raise DirectoryInUseError(f"run: process 0 could not validate or lock {out}; its "
+                                      "output says why")
+    if error is not None:
+        raise error
     return records, lock
 
 
