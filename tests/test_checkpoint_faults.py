@@ -202,3 +202,24 @@ def test_finite_flag_is_computed_on_the_params():
     record = _checksums(bad)
     assert record["finite"] is False
     assert record["arrays"]["params/fc/w"][1:] == [[1, 2], "float32"]
+
+
+@pytest.mark.slow
+def test_runner_with_no_usable_checkpoint_exits_non_zero_without_orbax_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(repo / "experiments" / "mnist.py"), "--synthetic", "120",
+           "--epochs", "2", "--batch-size", "40", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    _flip(out / "checkpoints" / "2")
+    _empty(out / "checkpoints" / "1")
+    got = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True)
+    assert got.returncode != 0
+    assert "fundl._errors.CheckpointError: run: --resume: no usable checkpoint" in got.stderr
+    assert "epoch 2: " in got.stderr and "epoch 1: " in got.stderr
+    assert got.stderr.count("Traceback") == 1 and "orbax" not in got.stderr.split("Traceback")[1]
+    assert not (out / ".lock").exists()
