@@ -17,6 +17,10 @@ checksums of array values (a bit flip in its OCDBT data files restores silently)
   each completed save, the newest ``2`` checkpoints whose params are all finite
   (``finite: true``) are kept, plus the newest checkpoint whatever its params; older
   ones are deleted. A checkpoint with NaN or Inf params is therefore never the only one.
+
+Cost: the record is computed on a host copy of the trees once per epoch (zlib crc32 and
+``isfinite``): about 0.1 s for a ResNet-18-size tree (11 M params plus momentum, 90 MB)
+on one CPU core; restore verifies the same way.
 """
 from __future__ import annotations
 
@@ -91,8 +95,9 @@ def _verify(tree, record: Mapping, where) -> None:
     bad = [k for k, (crc, shape, dtype) in want.items()
            if (_crc(got[k]), list(got[k].shape), str(got[k].dtype)) != (crc, list(shape), dtype)]
     if bad:
-        raise _Fault(where, f"has {len(bad)} array(s) that fail their checksum ({', '.join(bad[:3])}"
-                            f"{', ...' if len(bad) > 3 else ''}): its data files are damaged")
+        names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise _Fault(where, f"has {len(bad)} array(s) that fail their checksum ({names}): its "
+                            "data files are damaged")
 
 
 def _save(manager, epoch: int, tree) -> None:
@@ -321,6 +326,7 @@ def export_checkpoint(out, path, epoch: int | None = None, *, model: Layer | Non
 
     Raises:
       ConfigError: no such checkpoint (as :func:`load_checkpoint`).
+      CheckpointError: it fails verification (as :func:`load_checkpoint`).
 
     Example (after ``python experiments/mnist.py --out runs/mnist``)::
 

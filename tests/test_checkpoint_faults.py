@@ -83,8 +83,9 @@ def _garble_array_metadata(step_dir):
     (step_dir / "train" / "_METADATA").write_text("{not json")
 
 
+FC_W = r"\((params|opt_state/0/trace)/fc/w\)"  # the weights or their momentum
 FAULTS = {  # how to damage a checkpoint -> what the warning must say
-    "bit flip": (_flip, r"/train has 1 array\(s\) that fail their checksum \((params|opt_state/0/trace)/fc/w\)"),
+    "bit flip": (_flip, r"/train has 1 array\(s\) that fail their checksum " + FC_W),
     "truncated array file": (_truncate, r"/train cannot be read \(ValueError: OUT_OF_RANGE: "
                                          r"Error reading \"(params|opt_state\.0\.trace)\.fc\.w"),
     "empty directory": (_empty, r" is empty"),
@@ -114,7 +115,8 @@ def test_each_checkpoint_records_checksums_and_finiteness(template):
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(template, run_copy, fault, capsys):
     damage, says = FAULTS[fault]
     damage(run_copy / "checkpoints" / "3")
-    with pytest.warns(UserWarning, match=r"checkpoint of epoch 3 is unusable: .*checkpoints/3" + says):
+    with pytest.warns(UserWarning,
+                      match=r"checkpoint of epoch 3 is unusable: .*checkpoints/3" + says):
         records = _run(run_copy, resume=True)
     out = capsys.readouterr().out
     assert "resumed from" in out and "after epoch 2" in out and "3.unusable" in out
@@ -152,7 +154,7 @@ def test_no_usable_checkpoint_is_a_checkpoint_error_naming_each(run_copy):
 def test_load_checkpoint_verifies(run_copy):
     _flip(run_copy / "checkpoints" / "3")
     with pytest.raises(fundl.CheckpointError, match=r"load_checkpoint: .*checkpoints \(epoch 3: "
-                                                    r".*that fail their checksum \((params|opt_state/0/trace)/fc/w\)"):
+                                                    r".*that fail their checksum " + FC_W):
         E.load_checkpoint(run_copy, 3)
     with pytest.warns(UserWarning, match="checkpoint of epoch 3 is unusable"):
         epoch, tree = E.load_checkpoint(run_copy)
@@ -194,7 +196,8 @@ def test_rotation_keeps_the_newest_finite_checkpoints(run_copy):
 
 
 def test_finite_flag_is_computed_on_the_params():
-    from fundl._checkpoints import _checksums  # private on purpose: no public way to write NaN params into a checkpoint without the run stopping first
+    # private on purpose: a run stops before saving NaN params, so no public way writes them
+    from fundl._checkpoints import _checksums
     good = {"params": {"fc": {"w": np.ones((2, 2), np.float32)}}, "state": {},
             "opt_state": ({"trace": {"fc": {"w": np.full((2, 2), np.nan, np.float32)}}},)}
     assert _checksums(good)["finite"] is True  # NaN outside params does not count

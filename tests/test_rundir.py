@@ -130,7 +130,8 @@ def test_the_runners_have_a_force_flag():
 def test_truncated_last_metrics_line_is_dropped_with_a_warning(run_copy):
     path = run_copy / "metrics.jsonl"
     path.write_text(path.read_text() + '{"epoch": 3, "train_lo')
-    with pytest.raises(fundl.io.CorruptFileError, match=r"line 3 of .*metrics.jsonl is not a JSON record"):
+    with pytest.raises(fundl.io.CorruptFileError,
+                       match=r"line 3 of .*metrics.jsonl is not a JSON record"):
         E.read_metrics(path)
     with pytest.warns(UserWarning, match=r"metrics.jsonl: dropped the last line \(3\)"):
         assert [r["epoch"] for r in E.read_metrics(path, drop_truncated_last=True)] == [1, 2]
@@ -147,8 +148,9 @@ def test_bad_metrics_line_in_the_middle_is_an_error_naming_it(run_copy):
     before = _snapshot(run_copy)
     for call in (lambda: E.read_metrics(path, drop_truncated_last=True),
                  lambda: _run(run_copy, resume=True, epochs=3)):
-        with pytest.raises(fundl.io.CorruptFileError, match=r"line 2 of .*metrics.jsonl is not a JSON "
-                                                         r"record .*fix or delete that line"):
+        with pytest.raises(fundl.io.CorruptFileError,
+                           match=r"line 2 of .*metrics.jsonl is not a JSON record .*fix or "
+                                 r"delete that line"):
             call()
     assert _snapshot(run_copy) == before
 
