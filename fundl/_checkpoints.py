@@ -24,9 +24,11 @@ on one CPU core; restore verifies the same way.
 """
 from __future__ import annotations
 
+import gc
 import json
 import pathlib
 import shutil
+import sys
 import warnings
 import zlib
 from collections.abc import Mapping
@@ -137,7 +139,9 @@ def _read_meta(step_dir: pathlib.Path) -> dict:
 def _rotate(manager) -> None:
     """Delete all but the newest ``_KEEP_FINITE`` checkpoints with finite params and the newest."""
     directory = pathlib.Path(manager.directory)
-    steps, keep = _steps(directory), set()
+    # Orbax's list of steps, not the directory's: every process must delete the same steps
+    # (delete() is a barrier), and process 0 may already be deleting.
+    steps, keep = sorted(manager.all_steps(), reverse=True), set()
     for step in steps:
         try:
             finite = _read_meta(directory / str(step)).get("finite", True)
@@ -147,7 +151,7 @@ def _rotate(manager) -> None:
             keep.add(step)
     keep.update(steps[:1])
     for step in steps:
-        if step not in keep and step in manager.all_steps():
+        if step not in keep:
             manager.delete(step)
 
 
@@ -158,6 +162,16 @@ def _short(e: BaseException) -> str:
         e = e.__cause__ or e.__context__
     text = (str(e).strip().splitlines() or [""])[0]
     return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+def _collect_quietly() -> None:
+    """Collect the coroutines a failed Orbax read leaves behind without their "Exception
+    ignored in <coroutine>" tracebacks (a page of TensorStore spec each) on stderr."""
+    hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
 
 
 def _read_step(step_dir: pathlib.Path, target):
@@ -178,7 +192,12 @@ def _read_step(step_dir: pathlib.Path, target):
         try:
             tree = reader.restore(train, abstract)
         except Exception as e:  # Orbax/TensorStore: truncated or missing data files, bad JSON
-            raise _Fault(train, f"cannot be read ({_short(e)})") from None
+            fault = _Fault(train, f"cannot be read ({_short(e)})")
+        else:
+            fault = None
+    if fault is not None:
+        _collect_quietly()
+        raise fault
     if "arrays" not in meta:
         warnings.warn(f"checkpoint {step_dir} has no checksum record (written by an older "
                       "fundl): restored without verification", stacklevel=3)
