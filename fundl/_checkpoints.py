@@ -68,7 +68,7 @@ def _host(a) -> np.ndarray:
     """A host copy of ``a`` (this process's copy of a replicated multi-process array)."""
     if isinstance(a, jax.Array) and not a.is_fully_addressable:
         a = a.addressable_data(0)
-    return np.ascontiguousarray(np.asarray(a))
+    return np.asarray(a, order="C")  # (np.ascontiguousarray would make a scalar 1-d)
 
 
 def _crc(a: np.ndarray) -> int:
@@ -82,7 +82,7 @@ def _checksums(tree) -> dict:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         a = _host(leaf)
         arrays[_path_str(path)] = [_crc(a), list(a.shape), str(a.dtype)]
-        if _path_str(path[:1]) == "params" and np.issubdtype(a.dtype, np.inexact):
+        if _path_str(path[:1]) == "params" and jax.numpy.issubdtype(a.dtype, jax.numpy.inexact):
             finite = finite and bool(np.isfinite(a).all())
     return {"finite": finite, "arrays": arrays}
 

@@ -205,6 +205,11 @@ def test_finite_flag_is_computed_on_the_params():
     record = _checksums(bad)
     assert record["finite"] is False
     assert record["arrays"]["params/fc/w"][1:] == [[1, 2], "float32"]
+    import jax.numpy as jnp
+    half = {"params": {"w": jnp.array([1.0, jnp.nan], jnp.bfloat16), "s": jnp.float16(2)}}
+    record = _checksums(half)  # bfloat16 is not a NumPy float type, but is checked too
+    assert record["finite"] is False
+    assert record["arrays"]["params/s"][1:] == [[], "float16"]  # a scalar stays a scalar
 
 
 @pytest.mark.slow
