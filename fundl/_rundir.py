@@ -1,6 +1,13 @@
 """A run's directory: its settings (``config.json``), metrics (``metrics.jsonl``) and curves.
 
 Part of :mod:`fundl.experiment` (which re-exports the public names).
+
+:func:`_check_run_dir` validates a directory before :func:`fundl.experiment.run` writes
+anything into it (checkpoints without ``--resume``, settings that differ from
+``config.json``'s, a missing or unreadable ``config.json`` on ``--resume`` without
+``--force``); ``config.json`` and ``metrics.jsonl`` are written atomically (a temporary
+file, then a rename), and a ``metrics.jsonl`` whose last line was cut short is read
+without it (with a warning) on resume.
 """
 from __future__ import annotations
 
