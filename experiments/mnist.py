@@ -114,6 +114,7 @@ def main(argv=None):
                   eval_batch_size=args.eval_batch_size, config=config, learning_rate=lr,
                   init_from=args.init_from, export_params=args.export_params,
                   export_model=args.export_model, on_nonfinite=args.on_nonfinite,
+                  force=args.force,
                   title=f"{args.model} on {args.dataset if args.synthetic is None else 'synthetic'}")
     return records
 

@@ -265,8 +265,8 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
     Flags: ``--epochs --batch-size --optimizer --lr --momentum --weight-decay
     --schedule --seed --out --resume --stop-after --no-progress --limit-train
     --limit-test --eval-batch-size --data-parallel --init-from --export-params
-    --export-model`` (the last three: :func:`run`'s ``init_from``,
-    ``export_params``, ``export_model``). Each value is checked as it is parsed
+    --export-model --on-nonfinite --force`` (the last five: :func:`run`'s ``init_from``,
+    ``export_params``, ``export_model``, ``on_nonfinite``, ``force``). Each value is checked as it is parsed
     (:func:`positive_int`, :func:`positive_float`, :func:`momentum_float`, ...: an argparse
     error, exit status 2); call :func:`check_training_flags` after ``parse_args`` for the
     checks that involve several flags or the file system.
@@ -317,5 +317,8 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
            "newest checkpoint stays the last good one); raise = the same with a NonFiniteError "
            "traceback; skip = skip every update with a non-finite loss, gradient or parameter "
            "and count them ('skipped' in metrics.jsonl) (default stop)")
+    a("--force", action="store_true",
+      help="with --resume: continue although --out's config.json is missing or unreadable "
+           "(its settings cannot be checked; it is rewritten with this invocation's)")
 
 

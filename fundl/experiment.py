@@ -9,7 +9,13 @@ output directory ``OUT``::
     OUT/curves.png         loss and error (1 - accuracy) vs epoch, train and test
     OUT/checkpoints/<E>/   params, batch-norm state and optimizer state after epoch E,
                            written with Orbax (atomic: a directory appears only when
-                           complete); the two newest are kept
+                           complete), with the crc32 of every array in <E>/meta/metadata;
+                           kept: the two newest whose params are all finite, and the
+                           newest (a NaN/Inf one is never the only one)
+    OUT/checkpoints/<E>.unusable/  a checkpoint that failed verification on --resume
+    OUT/.lock              while a run writes into OUT: its PID, host, start time and
+                           command (JSON); a second run into OUT is refused
+                           (DirectoryInUseError)
 
 and, when asked, files outside ``OUT``: ``export_params`` (the final params and
 state, :func:`fundl.io.save`) and ``export_model`` (the final model as
@@ -23,6 +29,17 @@ gets the key ``fold_in(fold_in(key(seed), e), i)`` (dropout, augmentation).
 Both depend on nothing else, so a run resumed after epoch ``E`` continues
 exactly as if it had never stopped: on the same backend its parameters equal,
 bit for bit, those of an uninterrupted run.
+
+Nothing silent about the directory: before anything in ``OUT`` is written,
+the arguments and ``OUT`` are validated (checkpoints without ``resume``, other
+settings than ``config.json``'s on ``resume``, a missing or unreadable
+``config.json`` on ``resume`` unless ``force``, a live lock). A resume restores
+the newest checkpoint whose arrays pass their checksums; a damaged newer one
+(bit flip, truncated or missing file, empty directory) is reported with a
+warning and set aside, and the ``metrics.jsonl`` records after the epoch used are
+dropped; when no checkpoint is usable, :class:`fundl.CheckpointError` lists each
+with its fault. A truncated last line of ``metrics.jsonl`` is dropped with a
+warning.
 
 Helpers shared by the runners: :func:`make_schedule`, :func:`make_optimizer`,
 :func:`add_training_flags`, :func:`read_metrics`, :func:`plot_curves`,
@@ -44,18 +61,20 @@ import optax
 from . import _loop
 from . import io as _io
 from . import train as _train  # module lookup: train.evaluate is the one evaluator
-from ._errors import ConfigError, NonFiniteError, NotFundlFileError, ShapeError
+from ._errors import ConfigError, DirectoryInUseError, NonFiniteError, NotFundlFileError, ShapeError
 from ._export import export as _export_model
 from .functional import cross_entropy as _cross_entropy
 from ._layer import Layer
 from .data import batches, prefetch_to_device
 from .train import make_train_step
 
-from ._checkpoints import _checkpoint_manager, _restore, _save, export_checkpoint, load_checkpoint
+from . import _lock
+from ._checkpoints import (_checkpoint_manager, _restore, _rotate, _save, _set_aside, _steps,
+                           export_checkpoint, load_checkpoint)
 from ._flags import OPTIMIZERS, SCHEDULES, add_training_flags, make_optimizer, make_schedule
 from ._flags import (check_paths, check_training_flags, class_spec, momentum_float, non_negative_float,
                      non_negative_int, open_unit_float, positive_float, positive_int)
-from ._rundir import _check_config, _write_metrics, plot_curves, read_metrics
+from ._rundir import _check_run_dir, _write_config, _write_metrics, plot_curves, read_metrics
 
 __all__ = ["run", "load_checkpoint", "export_checkpoint", "load_splits", "steps_per_epoch",
            "make_schedule", "make_optimizer", "add_training_flags", "read_metrics",
@@ -117,7 +136,8 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         progress: bool = True, eval_batch_size: int = 1000, config: Mapping[str, Any] | None = None,
         learning_rate: Callable | float | None = None, log_every: int = 10,
         title: str = "", data_parallel: bool = False, init_from=None, export_params=None,
-        export_model=None, on_nonfinite: str = "stop", allow_nonfinite: bool = False) -> list[dict]:
+        export_model=None, on_nonfinite: str = "stop", allow_nonfinite: bool = False,
+        force: bool = False) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs with checkpoints, metrics and curves in ``out``.
 
     Args:
@@ -126,7 +146,7 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
       train: ``(x, y)`` host arrays, ``x: [N, H, W, C]`` (e.g. ``uint8``), ``y: [N]`` int.
       test: ``(x, y)`` host arrays, evaluated after every epoch with
         :func:`fundl.train.evaluate` (the same ``transform``, ``eval_batch_size`` rows per call).
-      out: output directory (created).
+      out: output directory (created; ``out/.lock`` holds it while this run writes into it).
       epochs: total epochs.
       batch_size: examples per step; the last partial batch of an epoch is dropped
         (one compiled shape; each epoch still sees a fresh order).
@@ -135,8 +155,10 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         and test batch (e.g. a :func:`fundl.data.standardizer`); default casts to float32.
       augment: a jittable ``augment(key, x) -> x`` applied on the device to every
         training batch after ``transform`` (e.g. :func:`fundl.data.augment_cifar`).
-      resume: continue from the latest checkpoint in ``out/checkpoints``, if any
-        (``config`` must match the saved one but for epochs and output options).
+      resume: continue from the newest checkpoint in ``out/checkpoints`` that passes
+        verification, if any (``config`` must match the saved one but for epochs and
+        output options; a damaged newer checkpoint is reported and renamed
+        ``<E>.unusable``).
       stop_after: end after this epoch (a planned interruption); ``None``: run to ``epochs``.
       progress: a tqdm bar on stderr with live loss and examples/s.
       eval_batch_size: examples per evaluation call.
@@ -181,6 +203,8 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         (``make_train_step(skip_nonfinite=True)``); each record gets
         ``'skipped'``, the number of steps skipped in the epoch.
       allow_nonfinite: accept float ``train``/``test`` arrays holding NaN/Inf.
+      force: with ``resume``, accept a missing or unreadable ``out/config.json`` (with
+        a warning; the settings cannot be checked, and ``config`` is written).
 
     Returns:
       All epoch records of the run (those restored from ``metrics.jsonl`` on
@@ -192,17 +216,69 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         ``test``; NaN/Inf in float ``x`` (unless ``allow_nonfinite``). The
         message names the first bad value and its index.
       NonFiniteError: ``on_nonfinite='raise'`` and training went non-finite.
+      ConfigError: bad arguments, or ``out`` cannot be used (see above); nothing in
+        ``out`` is written then.
+      DirectoryInUseError: another runner holds ``out/.lock`` (the message names its PID
+        and host; a lock left by a dead process of this host is taken over).
+      CheckpointError: ``resume`` found checkpoints but none passes verification.
     """
     x_train, y_train, test, steps = _check_run_args(
         model, train, test, epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size,
         log_every=log_every, data_parallel=data_parallel, transform=transform,
         on_nonfinite=on_nonfinite, allow_nonfinite=allow_nonfinite)
-    _check_export_paths(pathlib.Path(out), export_params=export_params, export_model=export_model)
-    primary = jax.process_index() == 0  # the one process that writes logs and plots
-    transform = transform or (lambda a: np.asarray(a, np.float32))
     out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, dict(config or {}), resume, write=primary)
+    _check_export_paths(out, export_params=export_params, export_model=export_model)
+    primary = jax.process_index() == 0  # the one process that writes logs, plots and the lock
+    transform = transform or (lambda a: np.asarray(a, np.float32))
+    records, lock = _open_run_dir(out, dict(config or {}), resume=resume, force=force,
+                                  primary=primary)
+    try:
+        return _run_locked(model, optimizer, x_train, y_train, test, steps, out=out,
+                           records=records, epochs=epochs, batch_size=batch_size, seed=seed,
+                           transform=transform, augment=augment, resume=resume,
+                           stop_after=stop_after, progress=progress,
+                           eval_batch_size=eval_batch_size, config=config,
+                           learning_rate=learning_rate, log_every=log_every, title=title,
+                           data_parallel=data_parallel, init_from=init_from,
+                           export_params=export_params, export_model=export_model,
+                           primary=primary, on_nonfinite=on_nonfinite)
+    finally:
+        _lock.release(lock)
+
+
+def _open_run_dir(out: pathlib.Path, config, *, resume, force, primary):
+    """Validate ``out`` (writing nothing: a live lock, then
+    :func:`fundl._rundir._check_run_dir`), then create it, take its lock and write
+    ``config.json`` (process 0 only). Returns ``(records, lock)``: the ``metrics.jsonl``
+    records to resume from and the lock (``None`` on other processes)."""
+    lock = error = records = None
+    try:
+        if primary:
+            _lock.check_free(out)
+        records = _check_run_dir(out, config, resume=resume, force=force)
+        if primary:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = _lock.acquire(out)
+            _write_config(out, config)
+    except Exception as e:  # noqa: BLE001 -- re-raised below, after telling the other processes
+        _lock.release(lock)
+        error = e
+    if jax.process_count() > 1:  # the others stop too, instead of waiting for process 0
+        from jax.experimental import multihost_utils
+        ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+        if not ok and error is None:
+            raise DirectoryInUseError(f"run: process 0 could not validate or lock {out}; its "
+                                      "output says why")
+    if error is not None:
+        raise error
+    return records, lock
+
+
+def _run_locked(model, optimizer, x_train, y_train, test, steps, *, out, records, epochs,
+                batch_size, seed, transform, augment, resume, stop_after, progress,
+                eval_batch_size, config, learning_rate, log_every, title, data_parallel,
+                init_from, export_params, export_model, primary, on_nonfinite):
+    """The body of :func:`run` once ``out`` is validated and locked (same arguments)."""
     if data_parallel:
         print(f"data parallel: {jax.device_count()} devices ({jax.local_device_count()} local, "
               f"{jax.process_count()} process(es)), {batch_size // jax.device_count()} examples "
@@ -211,7 +287,7 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
     root = jax.random.key(seed)
     trees, manager, start, records = _init_or_restore(
         model, optimizer, root, (batch_size, *x_train.shape[1:]), out, resume=resume,
-        primary=primary, init_from=init_from)
+        primary=primary, init_from=init_from, records=records)
     step_fn = make_train_step(model, optimizer, parallel="sharded" if data_parallel else None,
                               skip_nonfinite=on_nonfinite == "skip")
     step = _train_step_with_augment(step_fn, augment, data_parallel)
@@ -235,6 +311,7 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         _save(manager, epoch + 1, dict(zip(("params", "state", "opt_state"), trees)))
         _write_epoch(out, records, title=title, primary=primary, epochs=epochs)
     manager.wait_until_finished()
+    _rotate(manager)
     manager.close()
     stopped = records[-1].get("stopped") if records else None
     if stopped and on_nonfinite == "raise":
@@ -297,9 +374,14 @@ def _check_export_paths(out: pathlib.Path, **paths) -> None:
 
 
 def _init_or_restore(model, optimizer, root, input_shape, out: pathlib.Path, *, resume: bool,
-                     primary: bool, init_from=None):
+                     primary: bool, init_from=None, records=()):
     """Fresh ``(params, state, opt_state)`` from ``root`` (or ``init_from``'s params and state),
-    or the latest checkpoint's on ``resume``.
+    or, on ``resume``, the newest checkpoint that passes verification (newer unusable ones
+    are reported and renamed ``<E>.unusable``).
+
+    Args:
+      records: the ``metrics.jsonl`` records read when ``out`` was validated; those
+        after the restored epoch are dropped.
 
     Returns:
       ``(trees, manager, start, records)``: the trees, the open checkpoint manager,
@@ -307,24 +389,28 @@ def _init_or_restore(model, optimizer, root, input_shape, out: pathlib.Path, *, 
     """
     # One compiled init instead of one small compilation per layer.
     _, params, state = jax.jit(model.init_with_state, static_argnums=1)(root, input_shape)
-    manager = _checkpoint_manager(out / "checkpoints")
-    if init_from is not None and not (resume and manager.latest_step() is not None):
+    directory = out / "checkpoints"
+    if init_from is not None and not (resume and _steps(directory)):
         params, state = _init_from(init_from, model, input_shape, params, state)
     opt_state = jax.jit(optimizer.init)(params)
-    start = 0
-    records: list[dict] = []
+    start, kept = 0, []
     if resume:
-        start, tree = _restore(manager, {"params": params, "state": state, "opt_state": opt_state})
+        start, tree, faults = _restore(directory, {"params": params, "state": state,
+                                                   "opt_state": opt_state})
         params, state, opt_state = tree["params"], tree["state"], tree["opt_state"]
-        records = [r for r in read_metrics(out / "metrics.jsonl") if r["epoch"] <= start]
-        print(f"resumed from {out / 'checkpoints'} after epoch {start}" if start else
-              f"--resume: no checkpoint in {out / 'checkpoints'}; starting from scratch", flush=True)
-    elif manager.latest_step() is not None:
-        raise ConfigError(f"run: {out / 'checkpoints'} already holds checkpoints; pass --resume to "
-                          "continue that run, or choose another --out")
+        kept = [r for r in records if r["epoch"] <= start]
+        moved = _set_aside(directory, faults) if primary and faults else []
+        if faults and jax.process_count() > 1:  # every process sees the renames before saving
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("fundl: unusable checkpoints set aside")
+        print(f"resumed from {directory} after epoch {start}" if start else
+              f"--resume: no checkpoint in {directory}; starting from scratch", flush=True)
+        if moved:
+            print(f"set aside the unusable newer checkpoint(s) as "
+                  f"{', '.join(p.name for p in moved)}", flush=True)
     if primary:
-        _write_metrics(out / "metrics.jsonl", records)
-    return (params, state, opt_state), manager, start, records
+        _write_metrics(out / "metrics.jsonl", kept)
+    return (params, state, opt_state), _checkpoint_manager(directory), start, kept
 
 
 def _init_from(path, model, input_shape, params, state):

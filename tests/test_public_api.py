@@ -31,6 +31,9 @@ PRIVATE_ON_PURPOSE = {
         "checked directly on hand-computed (lo, hi) pairs",
     ("test_data.py", "fundl.data._standardize"):
         "shrinks the standardizer's chunk size (_CHUNK_ELEMS) to force the many-chunk path",
+    ("test_checkpoint_faults.py", "fundl._checkpoints"):
+        "the finite flag of a checkpoint's record (_checksums) on NaN/Inf params, which a run "
+        "stops before saving",
     ("test_train.py", "fundl.train._as_key"):
         "the key normaliser behind fit(key=...): int seeds, legacy and typed keys agree",
 }
