@@ -208,15 +208,19 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(run_copy):
 
 
 def test_the_lock_is_held_while_the_run_trains(tmp_path):
-    """``transform`` runs during training: it sees OUT/.lock with this process's PID."""
+    """``transform`` runs during training: it sees OUT/.lock with this process's PID (the
+    up-front data check also calls it once, before the directory exists)."""
     seen = []
 
     def transform(x):
-        seen.append(json.loads((tmp_path / "run" / ".lock").read_text()))
+        lock = tmp_path / "run" / ".lock"
+        seen.append(json.loads(lock.read_text()) if lock.exists() else None)
         return np.asarray(x, np.float32)
 
     _run(tmp_path / "run", transform=transform, epochs=1)
-    assert seen and {(s["pid"], s["host"]) for s in seen} == {(os.getpid(), socket.gethostname())}
+    assert seen[0] is None, "the data check runs before the lock is taken"
+    seen = seen[1:]
+    assert seen and None not in seen and {(s["pid"], s["host"]) for s in seen} == {(os.getpid(), socket.gethostname())}
     assert not (tmp_path / "run" / ".lock").exists()
 
 
