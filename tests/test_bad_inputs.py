@@ -1,0 +1,240 @@
+"""The bad-input suite: a table of mistakes a user can make, and the error each one must get.
+
+Each row is ``row(id, call, exc, *fragments)``: ``call`` is a zero-argument callable making one
+bad call; it must raise ``exc`` (a :class:`fundl.FundlError` subclass, or :class:`ArgparseExit`
+for a runner flag argparse refuses) whose message contains every fragment (case-insensitive).
+One parametrized test, :func:`test_bad_input`, runs them all.
+
+Rows marked ``xfail(strict=True)`` are *known gaps*, kept in the table so they cannot be
+forgotten: reason ``"SILENT: ..."`` means the bad call is accepted without any error (a wrong
+or meaningless result), ``"RAW: ..."`` means it ends in a non-fundl traceback (``TypeError``,
+``IndexError``, an XLA error...). Being strict, such a row fails the suite as soon as the library
+is fixed: then drop the mark (and check the fragments).
+
+The table has one section per public module (``SECTIONS``); :func:`test_row_counts` pins how
+many rows each section holds, so rows cannot silently disappear. Shapes are tiny and almost
+every error is raised at trace or init time, so the whole file runs in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import fundl
+import fundl.autodiff as AD
+import fundl.data as D
+import fundl.experiment as E
+import fundl.functional as F
+import fundl.interop as I
+import fundl.layers as L
+import fundl.models as M
+import fundl.surgery as S
+import fundl.train as T
+from fundl import CheckpointError, ConfigError, DataError, FundlError, ShapeError
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+KEY = jax.random.key(0)
+
+
+def row(id, call, exc, *fragments, silent=None, raw=None):
+    """One table row; ``silent=``/``raw=`` (a short description) mark a known gap (strict xfail)."""
+    marks = ()
+    if silent is not None:
+        marks = pytest.mark.xfail(strict=True, reason=f"SILENT: {silent}")
+    elif raw is not None:
+        marks = pytest.mark.xfail(strict=True, reason=f"RAW: {raw}")
+    return pytest.param(call, exc, fragments, id=id, marks=marks)
+
+
+def x(*shape, dtype=jnp.float32):
+    """A float array of ``shape`` (ones)."""
+    return jnp.ones(shape, dtype)
+
+
+class ArgparseExit(Exception):
+    """A runner's ``parse_args`` exited (argparse refused a flag); ``stderr`` is what it printed."""
+
+    def __init__(self, code, stderr):
+        super().__init__(stderr)
+        self.code, self.stderr = code, stderr
+
+
+_RUNNERS = {}
+
+
+def runner(name):
+    """The module ``experiments/<name>.py`` (imported once)."""
+    if name not in _RUNNERS:
+        spec = importlib.util.spec_from_file_location(f"bad_inputs_{name}",
+                                                      REPO / "experiments" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _RUNNERS[name] = mod
+    return _RUNNERS[name]
+
+
+def parse(name, *argv):
+    """Call ``experiments/<name>.py``'s ``parse_args(argv)``; argparse's exit -> ArgparseExit."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            runner(name).parse_args(list(argv))
+    except SystemExit as e:
+        raise ArgparseExit(e.code, err.getvalue()) from None
+
+
+SECTIONS: dict[str, list] = {}
+
+
+# =========================================================================== functional
+SECTIONS["functional"] = [
+    # ---- conv: ranks, channels, groups, padding, stride, dilation
+    row("conv-x-rank-too-low", lambda: F.conv(x(8, 3), x(3, 3, 3, 4)), ShapeError, "conv", "x.shape"),
+    row("conv-w-rank-2", lambda: F.conv(x(1, 8, 8, 3), x(3, 4)), ShapeError, "conv", "w.shape", "rank"),
+    row("conv-x-w-rank-mismatch", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 3, 3, 4)), ShapeError, "conv", "x.shape"),
+    row("conv-cin-mismatch", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 5, 4)), ShapeError, "conv", "c_in", "5"),
+    row("conv-bias-shape", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 3, 4), x(5)), ShapeError, "conv", "b.shape", "(4,)"),
+    row("conv-groups-zero", lambda: F.conv(x(1, 8, 8, 4), x(3, 3, 4, 4), groups=0), ConfigError, "groups", ">= 1"),
+    row("conv-groups-float", lambda: F.conv(x(1, 8, 8, 4), x(3, 3, 2, 4), groups=2.0), ConfigError, "groups", "2.0"),
+    row("conv-groups-cin-not-divisible", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 1, 4), groups=2), ShapeError, "conv", "divisible"),
+    row("conv-groups-cout-not-divisible", lambda: F.conv(x(1, 8, 8, 4), x(3, 3, 2, 3), groups=2), ShapeError, "conv", "c_out", "divisible"),
+    row("conv-kernel-zero", lambda: F.conv(x(1, 8, 8, 3), x(0, 3, 3, 4)), ShapeError, "conv", "kernel", ">= 1"),
+    row("conv-padding-bad-string", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 3, 4), padding="FULL"), ConfigError, "padding", "'SAME' or 'VALID'"),
+    row("conv-padding-negative", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 3, 4), padding=-1), ConfigError, "padding", ">= 0"),
+    row("conv-padding-wrong-length", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 3, 4), padding=(1, 1, 1)), ConfigError, "padding"),
+    row("conv-stride-zero", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 3, 4), stride=0), ConfigError, "stride", ">= 1"),
+    row("conv-stride-negative", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 3, 4), stride=-2), ConfigError, "stride"),
+    row("conv-stride-wrong-length", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 3, 4), stride=(1, 1, 1)), ConfigError, "stride"),
+    row("conv-stride-float", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 3, 4), stride=1.5), ConfigError, "stride"),
+    row("conv-dilation-zero", lambda: F.conv(x(1, 8, 8, 3), x(3, 3, 3, 4), dilation=0), ConfigError, "dilation"),
+    row("conv-kernel-larger-than-input", lambda: F.conv(x(1, 2, 2, 3), x(3, 3, 3, 4)), ShapeError, "conv", "smaller than the effective kernel size"),
+    row("conv-dilated-kernel-too-large", lambda: F.conv(x(1, 5, 5, 3), x(3, 3, 3, 4), dilation=3), ShapeError, "conv"),
+    row("conv1d-x-rank", lambda: F.conv(x(1, 8), x(3, 1, 4)), ShapeError, "conv", "x.shape"),
+    row("conv1d-cin-mismatch", lambda: F.conv(x(1, 8, 2), x(3, 1, 4)), ShapeError, "conv", "c_in"),
+    row("conv1d-kernel-too-long", lambda: F.conv(x(1, 2, 1), x(5, 1, 4)), ShapeError, "conv"),
+    row("conv3d-cin-mismatch", lambda: F.conv(x(1, 4, 4, 4, 2), x(3, 3, 3, 3, 4)), ShapeError, "conv", "c_in"),
+    row("conv3d-kernel-too-large", lambda: F.conv(x(1, 2, 4, 4, 2), x(3, 3, 3, 2, 4)), ShapeError, "conv"),
+    row("conv3d-stride-wrong-length", lambda: F.conv(x(1, 4, 4, 4, 2), x(3, 3, 3, 2, 4), stride=(1, 1)), ConfigError, "stride"),
+    # ---- conv_transpose
+    row("convT-cin-mismatch", lambda: F.conv_transpose(x(1, 4, 4, 3), x(3, 3, 5, 4)), ShapeError, "conv_transpose", "c_in"),
+    row("convT-output-padding-too-big", lambda: F.conv_transpose(x(1, 4, 4, 3), x(3, 3, 3, 4), stride=2, output_padding=2), ConfigError, "output_padding"),
+    row("convT-bias-shape", lambda: F.conv_transpose(x(1, 4, 4, 3), x(3, 3, 3, 4), x(3)), ShapeError, "conv_transpose", "b.shape"),
+    row("convT-groups-not-divisible", lambda: F.conv_transpose(x(1, 4, 4, 3), x(3, 3, 3, 4), groups=2), ShapeError, "conv_transpose", "divisible"),
+    row("convT-stride-zero", lambda: F.conv_transpose(x(1, 4, 4, 3), x(3, 3, 3, 4), stride=0), ConfigError, "stride"),
+    row("convT-padding-crops-everything", lambda: F.conv_transpose(x(1, 1, 1, 3), x(1, 1, 3, 4), padding=2), ShapeError, "conv_transpose", "output spatial size"),
+    row("convT-x-rank", lambda: F.conv_transpose(x(4, 3), x(3, 3, 3, 4)), ShapeError, "conv_transpose", "x.shape"),
+    row("convT-padding-bad-string", lambda: F.conv_transpose(x(1, 4, 4, 3), x(3, 3, 3, 4), padding="same-ish"), ConfigError, "padding"),
+    row("convT1d-cin-mismatch", lambda: F.conv_transpose(x(1, 4, 2), x(3, 3, 4)), ShapeError, "conv_transpose"),
+    row("convT3d-cin-mismatch", lambda: F.conv_transpose(x(1, 2, 2, 2, 2), x(2, 2, 2, 3, 4)), ShapeError, "conv_transpose"),
+    # ---- shape helpers
+    row("conv_output_size-negative-input", lambda: F.conv_output_size(-1, 3), ShapeError, "input_size", ">= 0"),
+    row("conv_output_size-stride-zero", lambda: F.conv_output_size(8, 3, stride=0), ConfigError, "stride"),
+    row("conv_output_size-too-small", lambda: F.conv_output_size(2, 5), ShapeError, "conv_output_size"),
+    row("convT_output_size-output-padding", lambda: F.conv_transpose_output_size(4, 3, stride=1, output_padding=1), ConfigError, "output_padding"),
+    row("pool_output_size-kernel-zero", lambda: F.pool_output_size(8, 0), ConfigError, "kernel_size"),
+    row("pool_output_size-bad-input", lambda: F.pool_output_size("8", 2), ConfigError, "input_size", "ints"),
+    row("receptive_field-dict-without-kernel", lambda: F.receptive_field([{"stride": 2}]), ConfigError, "receptive_field", "kernel_size"),
+    row("receptive_field-four-tuple", lambda: F.receptive_field([(3, 1, 1, 1)]), ConfigError, "receptive_field", "layer 0"),
+    row("set_lowering-bad-conv", lambda: F.set_lowering(conv="cudnn"), ConfigError, "conv", "im2col"),
+    row("lowering-bad-pool", lambda: F.lowering(pool="fast").__enter__(), ConfigError, "pool", "reduce_window"),
+    # ---- pools
+    row("max_pool-kernel-zero", lambda: F.max_pool(x(1, 8, 8, 3), 0), ConfigError, "max_pool", "kernel_size"),
+    row("max_pool-kernel-larger-than-input", lambda: F.max_pool(x(1, 2, 2, 3), 3), ShapeError, "max_pool"),
+    row("max_pool-padding-more-than-half", lambda: F.max_pool(x(1, 8, 8, 3), 2, padding=2), ConfigError, "max_pool", "padding", "kernel_size // 2"),
+    row("max_pool-stride-zero", lambda: F.max_pool(x(1, 8, 8, 3), 2, stride=0), ConfigError, "max_pool", "stride"),
+    row("max_pool-dilation-zero", lambda: F.max_pool(x(1, 8, 8, 3), 2, dilation=0), ConfigError, "max_pool", "dilation"),
+    row("max_pool-x-rank-too-low", lambda: F.max_pool(x(8, 3), 2), ShapeError, "max_pool"),
+    row("max_pool-kernel-wrong-length", lambda: F.max_pool(x(1, 8, 8, 3), (2, 2, 2)), ShapeError, "max_pool", "kernel_size"),
+    row("max_pool-ceil_mode-not-bool", lambda: F.max_pool(x(1, 8, 8, 3), 2, ceil_mode="yes"), ConfigError, "ceil_mode", "bool"),
+    row("max_pool-complex", lambda: F.max_pool(x(1, 8, 8, 3, dtype=jnp.complex64), 2), ConfigError, "max_pool", "dtype"),
+    row("max_pool-empty-spatial", lambda: F.max_pool(x(1, 0, 8, 3), 2), ShapeError, "max_pool", ">= 1"),
+    row("avg_pool-kernel-zero", lambda: F.avg_pool(x(1, 8, 8, 3), 0), ConfigError, "avg_pool", "kernel_size"),
+    row("avg_pool-divisor-zero", lambda: F.avg_pool(x(1, 8, 8, 3), 2, divisor_override=0), ConfigError, "divisor_override"),
+    row("avg_pool-padding-more-than-half", lambda: F.avg_pool(x(1, 8, 8, 3), 2, padding=3), ConfigError, "avg_pool", "padding"),
+    row("avg_pool-kernel-larger-than-input", lambda: F.avg_pool(x(1, 2, 2, 3), 4), ShapeError, "avg_pool"),
+    row("avg_pool-count_include_pad-not-bool", lambda: F.avg_pool(x(1, 8, 8, 3), 2, count_include_pad=None), ConfigError, "count_include_pad", "bool"),
+    row("avg_pool-complex", lambda: F.avg_pool(x(1, 8, 8, 3, dtype=jnp.complex64), 2), ConfigError, "avg_pool", "real"),
+    row("avg_pool1d-kernel-too-large", lambda: F.avg_pool(x(1, 2, 3), 3), ShapeError, "avg_pool"),
+    row("max_pool3d-kernel-too-large", lambda: F.max_pool(x(1, 2, 4, 4, 3), 3), ShapeError, "max_pool"),
+    row("adaptive_avg_pool-zero-output", lambda: F.adaptive_avg_pool(x(1, 8, 8, 3), 0), ConfigError, "adaptive_avg_pool", "output_size", ">= 1"),
+    row("adaptive_avg_pool-wrong-length", lambda: F.adaptive_avg_pool(x(1, 8, 8, 3), (2, 2, 2)), ShapeError, "adaptive_avg_pool", "output_size"),
+    row("adaptive_avg_pool-empty-output", lambda: F.adaptive_avg_pool(x(1, 8, 8, 3), ()), ConfigError, "adaptive_avg_pool", "output_size"),
+    row("adaptive_avg_pool-empty-spatial", lambda: F.adaptive_avg_pool(x(1, 0, 8, 3), 2), ShapeError, "adaptive_avg_pool", ">= 1"),
+    row("global_avg_pool-rank-2", lambda: F.global_avg_pool(x(8, 3)), ShapeError, "global_avg_pool"),
+    # ---- linear / activations / dropout
+    row("linear-in-mismatch", lambda: F.linear(x(2, 5), x(4, 3)), ShapeError, "linear", "x.shape[-1]", "5"),
+    row("linear-w-rank-3", lambda: F.linear(x(2, 4), x(4, 3, 1)), ShapeError, "linear", "2-d"),
+    row("linear-x-scalar", lambda: F.linear(jnp.float32(1.0), x(4, 3)), ShapeError, "linear", "at least 1 dim"),
+    row("linear-bias-shape", lambda: F.linear(x(2, 4), x(4, 3), x(4)), ShapeError, "linear", "b must have shape"),
+    row("gelu-bad-approximate", lambda: F.gelu(x(3), approximate="fast"), ConfigError, "gelu", "'none' or 'tanh'"),
+    row("softmax-axis-out-of-range", lambda: F.softmax(x(2, 3), axis=2), ShapeError, "softmax", "axis 2"),
+    row("log_softmax-axis-out-of-range", lambda: F.log_softmax(x(2, 3), axis=-3), ShapeError, "log_softmax", "axis"),
+    row("dropout-no-key", lambda: F.dropout(x(4), 0.5), ConfigError, "dropout", "key="),
+    row("dropout-rate-one", lambda: F.dropout(x(4), 1.0, key=KEY), ConfigError, "dropout", "rate", "[0, 1)"),
+    row("dropout-rate-negative", lambda: F.dropout(x(4), -0.1, key=KEY), ConfigError, "dropout", "rate"),
+    row("dropout-rate-array", lambda: F.dropout(x(4), jnp.float32(0.5), key=KEY), ConfigError, "dropout", "rate"),
+    # ---- losses
+    row("cross_entropy-target-shape", lambda: F.cross_entropy(x(4, 3), jnp.zeros((4, 2), jnp.int32)), ShapeError, "cross_entropy", "target"),
+    row("cross_entropy-prob-target-shape", lambda: F.cross_entropy(x(4, 3), x(4, 2)), ShapeError, "cross_entropy", "target", "probabilities"),
+    row("cross_entropy-weight-shape", lambda: F.cross_entropy(x(4, 3), jnp.zeros(4, jnp.int32), weight=x(2)), ShapeError, "weight must have shape (C,) = (3,)"),
+    row("cross_entropy-bad-reduction", lambda: F.cross_entropy(x(4, 3), jnp.zeros(4, jnp.int32), reduction="avg"), ConfigError, "cross_entropy", "reduction", "'mean'"),
+    row("cross_entropy-label-smoothing-2", lambda: F.cross_entropy(x(4, 3), jnp.zeros(4, jnp.int32), label_smoothing=2.0), ConfigError, "label_smoothing", "[0, 1]"),
+    row("cross_entropy-ignore-index-with-probs", lambda: F.cross_entropy(x(4, 3), x(4, 3) / 3, ignore_index=0), ConfigError, "ignore_index", "not supported"),
+    row("cross_entropy-bool-target", lambda: F.cross_entropy(x(4, 3), jnp.zeros(4, bool)), ConfigError, "integer class indices or floating"),
+    row("cross_entropy-logits-scalar", lambda: F.cross_entropy(jnp.float32(1.0), jnp.int32(0)), ShapeError, "cross_entropy", "logits must have shape"),
+    row("cross_entropy-int-logits", lambda: F.cross_entropy(jnp.ones((4, 3), jnp.int32), jnp.zeros(4, jnp.int32)), ConfigError, "cross_entropy", "floating"),
+    row("nll_loss-float-target", lambda: F.nll_loss(x(4, 3), x(4)), ConfigError, "nll_loss", "target must be integer"),
+    row("nll_loss-target-shape", lambda: F.nll_loss(x(4, 3), jnp.zeros(5, jnp.int32)), ShapeError, "nll_loss", "target"),
+    row("nll_loss-bad-reduction", lambda: F.nll_loss(x(4, 3), jnp.zeros(4, jnp.int32), reduction="total"), ConfigError, "nll_loss", "reduction"),
+    row("mse_loss-shape-mismatch", lambda: F.mse_loss(x(4, 3), x(4, 2)), ShapeError, "mse_loss", "target shape must equal input shape"),
+    row("mse_loss-bad-reduction", lambda: F.mse_loss(x(4), x(4), reduction=None), ConfigError, "mse_loss", "reduction"),
+    row("l1_loss-shape-mismatch", lambda: F.l1_loss(x(4), x(5)), ShapeError, "l1_loss", "target shape"),
+    row("l1_loss-bad-reduction", lambda: F.l1_loss(x(4), x(4), reduction="Mean"), ConfigError, "l1_loss", "reduction"),
+    row("smooth_l1-beta-negative", lambda: F.smooth_l1_loss(x(4), x(4), beta=-1.0), ConfigError, "smooth_l1_loss", "beta must be a number >= 0"),
+    row("smooth_l1-shape-mismatch", lambda: F.smooth_l1_loss(x(4, 1), x(4)), ShapeError, "smooth_l1_loss", "target shape"),
+    row("bce-target-shape", lambda: F.binary_cross_entropy_with_logits(x(4, 2), x(4)), ShapeError, "binary_cross_entropy_with_logits", "target shape"),
+    row("bce-pos-weight-shape", lambda: F.binary_cross_entropy_with_logits(x(4, 2), x(4, 2), pos_weight=x(3)), ShapeError, "pos_weight", "must broadcast"),
+    row("bce-bad-reduction", lambda: F.binary_cross_entropy_with_logits(x(4), x(4), reduction="max"), ConfigError, "reduction"),
+    row("multi_margin-p-3", lambda: F.multi_margin_loss(x(4, 3), jnp.zeros(4, jnp.int32), p=3), ConfigError, "multi_margin_loss", "p must be 1 or 2", "3"),
+    row("multi_margin-target-2d", lambda: F.multi_margin_loss(x(2, 3), jnp.zeros((2, 3), jnp.int32)), ShapeError, "multi_margin_loss", "(2, 3)"),
+    row("multi_margin-float-target", lambda: F.multi_margin_loss(x(4, 3), x(4)), ConfigError, "multi_margin_loss", "target must be integer"),
+]
+
+
+# =========================================================================== the tests
+ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
+
+# Rows per section when this table was last extended (known gaps included); lower only on purpose.
+MIN_ROWS = {
+    "functional": 104,
+}
+
+
+@pytest.mark.parametrize("call, exc, fragments", ALL_ROWS)
+def test_bad_input(call, exc, fragments):
+    """The bad call raises ``exc`` (a fundl error) and the message holds every fragment."""
+    assert issubclass(exc, (FundlError, ArgparseExit)), exc
+    with pytest.raises(exc) as info:
+        call()
+    message = info.value.stderr if isinstance(info.value, ArgparseExit) else str(info.value)
+    missing = [f for f in fragments if f.lower() not in message.lower()]
+    assert not missing, f"fragments {missing} not in message:\n{message}"
+
+
+def test_row_counts():
+    """No section shrinks unnoticed; ids are unique (pytest would otherwise suffix them)."""
+    counts = {name: len(rows) for name, rows in SECTIONS.items()}
+    assert set(counts) == set(MIN_ROWS), (counts, MIN_ROWS)
+    short = {k: (counts[k], v) for k, v in MIN_ROWS.items() if counts[k] < v}
+    assert not short, f"sections with fewer rows than pinned (have, pinned): {short}"
+    ids = [p.id for p in ALL_ROWS]
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
