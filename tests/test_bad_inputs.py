@@ -335,6 +335,70 @@ SECTIONS["layers"] = [
 ]
 
 
+# =========================================================================== combinators
+def _siamese(share="left", right_layer=None):
+    """A two-input Graph whose 'right' node shares (or not) the parameters of 'left'."""
+    enc = L.Dense(4)
+    return L.Graph(inputs=("a", "b"), outputs="d", nodes=[
+        L.Node("left", enc, "a"),
+        L.Node("right", right_layer or enc, "b", share=share),
+        L.Node("d", L.Concat(), ("left", "right"))])
+
+
+class _Pair(L.Layer):
+    """A custom composite holding two child layers in fields."""
+    a: L.Layer
+    b: L.Layer
+
+    def build(self, key, input_shape):
+        return input_shape, {}
+
+    def forward(self, params, x, *, key, train):
+        return x
+
+
+SECTIONS["combinators"] = [
+    row("Serial-empty", lambda: L.Serial(), ConfigError, "serial", "at least one layer"),
+    row("Serial-non-layer", lambda: L.Serial(L.Dense(3), 3), ConfigError, "argument 1 must be a fundl Layer"),
+    row("Serial-function-not-layer", lambda: L.Serial(L.Dense(3), jax.nn.relu), ConfigError, "must be a fundl Layer"),
+    row("composite-duplicate-child-names", lambda: _Pair(L.Dense(3), L.Dense(4)), ConfigError, "_pair", "distinct names", "dense"),
+    row("Serial-scan-one", lambda: L.Serial(L.Dense(3), scan=1), ConfigError, "scan must be True, False or an int >= 2"),
+    row("Serial-scan-string", lambda: L.Serial(L.Dense(3), scan="yes"), ConfigError, "scan must be"),
+    row("Serial-init-shape-mismatch-inside", lambda: init(L.Serial(L.Conv(4, 3, name="c"), L.Dense(2)), (1, 2, 2, 3)), ShapeError, "c"),
+    row("Serial-with_child-unknown", lambda: _NET.with_child("fc9", L.Dense(3)), ConfigError, "no child 'fc9'", "fc1"),
+    row("Serial-with_child-non-layer", lambda: _NET.with_child("fc1", 3), ConfigError, "a child must be a fundl Layer"),
+    row("Parallel-empty", lambda: L.Parallel(), ConfigError, "parallel", "at least one branch"),
+    row("Parallel-bad-merge", lambda: L.Parallel(L.Dense(3), L.Dense(3, name="b"), merge="mean"), ConfigError, "merge must be 'sum', 'concat' or None", "mean"),
+    row("Parallel-non-layer", lambda: L.Parallel(L.Dense(3), "relu"), ConfigError, "must be a fundl Layer"),
+    row("composite-child-not-layer-replace", lambda: _Pair(L.Dense(3), L.Dense(4, name="b")).with_child("b", "dense"), ConfigError, "a child must be a fundl Layer"),
+    row("Parallel-sum-unequal", lambda: init(L.Parallel(L.Dense(3, name="a"), L.Dense(4, name="b"), merge="sum"), (2, 4)), ShapeError, "merge='sum'", "equal"),
+    row("Parallel-concat-unequal-spatial", lambda: init(L.Parallel(L.Conv(2, 3, name="a"), L.Conv(2, 1, name="b")), (1, 8, 8, 3)), ShapeError, "merge='concat'", "channels"),
+    row("Residual-body-not-layer", lambda: L.Residual(3), ConfigError, "body must be a fundl Layer"),
+    row("Residual-shortcut-not-layer", lambda: L.Residual(L.Dense(3), shortcut=3), ConfigError, "shortcut must be a fundl Layer or None"),
+    row("Residual-bad-projection", lambda: L.Residual(L.Dense(3), projection="never"), ConfigError, "projection must be 'always' or 'auto'"),
+    row("Residual-auto-without-shortcut", lambda: L.Residual(L.Dense(3), projection="auto"), ConfigError, "projection='auto' needs a shortcut"),
+    row("Residual-activation-string", lambda: L.Residual(L.Dense(3), activation="relu"), ConfigError, "activation must be a function"),
+    row("Residual-shape-mismatch", lambda: init(L.Residual(L.Dense(3)), (2, 4)), ShapeError, "body output shape", "shortcut"),
+    row("Residual-shortcut-mismatch", lambda: init(L.Residual(L.Dense(3), L.Dense(5, name="proj")), (2, 4)), ShapeError, "body output shape"),
+    row("Sum-single-input", lambda: init(L.Sum(), (2, 3)), ShapeError, "sum", "expects a tuple of inputs"),
+    row("Concat-single-input", lambda: init(L.Concat(), (2, 3)), ShapeError, "concat", "expects a tuple of inputs"),
+    row("Multiply-unequal", lambda: init(L.Multiply(), ((2, 3), (2, 4))), ShapeError, "multiply"),
+    row("Graph-duplicate-inputs", lambda: L.Graph(("a", "a"), [L.Node("n", L.Dense(3), "a")], "n"), ConfigError, "input names must be unique"),
+    row("Graph-unknown-output", lambda: L.Graph("a", [L.Node("n", L.Dense(3), "a")], "z"), ConfigError, "output 'z' is not a graph input or node"),
+    row("Graph-node-not-Node", lambda: L.Graph("a", [L.Dense(3)], "a"), ConfigError, "nodes[0] must be a Node"),
+    row("Graph-node-name-twice", lambda: L.Graph("a", [L.Node("n", L.Dense(3), "a"), L.Node("n", L.Dense(3), "a")], "n"), ConfigError, "node name 'n' is used twice"),
+    row("Graph-node-reads-unknown", lambda: L.Graph("a", [L.Node("n", L.Dense(3), "q")], "n"), ConfigError, "node 'n' reads 'q'"),
+    row("Graph-node-reads-later-node", lambda: L.Graph("a", [L.Node("n", L.Dense(3), "m"), L.Node("m", L.Dense(3), "a")], "n"), ConfigError, "node 'n' reads 'm'"),
+    row("Graph-share-unknown", lambda: _siamese(share="ghost"), ConfigError, "node 'right' shares parameters with 'ghost'", "not an earlier node"),
+    row("Graph-node-layer-not-layer", lambda: L.Graph("a", [L.Node("n", jnp.tanh, "a")], "n"), ConfigError, "node 'n' needs a Layer"),
+    row("Graph-apply-wrong-input-count", lambda: _siamese().apply(init(_siamese(), ((4, 3), (4, 3)))[1], x(4, 3)), ShapeError, "input_shape must be a tuple", "tuple of such shapes"),
+    row("Graph-init-wrong-input-count", lambda: init(_siamese(), (4, 3)), ShapeError, "input_shape must be a tuple", "tuple of such shapes"),
+    row("Graph-shared-weights-other-shapes", lambda: init(_siamese(), ((4, 3), (4, 5))), ShapeError, "node 'right' shares parameters with"),
+    row("Graph-share-with-different-layer", lambda: init(_siamese(right_layer=L.Dense(6)), ((4, 3), (4, 3))), ShapeError, "right"),
+    row("Graph-no-child", lambda: _siamese().with_child("zzz", L.Dense(3)), ConfigError, "no node 'zzz'"),
+]
+
+
 # =========================================================================== the tests
 ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
 
@@ -342,6 +406,7 @@ ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
 MIN_ROWS = {
     "functional": 104,
     "layers": 84,
+    "combinators": 38,
 }
 
 
