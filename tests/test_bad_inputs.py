@@ -399,6 +399,68 @@ SECTIONS["combinators"] = [
 ]
 
 
+# =========================================================================== models
+SECTIONS["models"] = [
+    row("mlp-empty-features", lambda: M.mlp([]), ConfigError, "mlp", "features must be a non-empty sequence"),
+    row("mlp-zero-width", lambda: M.mlp((256, 0)), ConfigError, "mlp", "features"),
+    row("mlp-features-int", lambda: M.mlp(10), ConfigError, "mlp", "features must be a non-empty sequence"),
+    row("mlp-dropout-one", lambda: M.mlp((8, 2), dropout=1.0), ConfigError, "mlp", "dropout must be a probability in [0, 1)"),
+    row("mlp-dropout-negative", lambda: M.mlp((8, 2), dropout=-0.1), ConfigError, "dropout"),
+    row("mlp-flatten-string", lambda: M.mlp((8, 2), flatten="yes"), ConfigError, "flatten must be True or False"),
+    row("mlp-unknown-activation", lambda: M.mlp((8, 2), activation="swishy"), ConfigError, "activation must be one of", "swishy"),
+    row("mlp-activation-int", lambda: M.mlp((8, 2), activation=3), ConfigError, "activation must be a name"),
+    row("convnet_mnist-zero-classes", lambda: M.convnet_mnist(0), ConfigError, "convnet_mnist", "num_classes must be a positive int"),
+    row("convnet_mnist-negative-classes", lambda: M.convnet_mnist(-1), ConfigError, "num_classes", "-1"),
+    row("convnet_mnist-float-classes", lambda: M.convnet_mnist(2.5), ConfigError, "num_classes", "2.5"),
+    row("convnet_mnist-image-too-small", lambda: init(M.convnet_mnist(), (1, 10, 10, 1)), ShapeError, "convnet_mnist"),
+    row("convnet_mnist-rgb-ok-but-1d", lambda: init(M.convnet_mnist(), (1, 28, 1)), ShapeError, "convnet_mnist"),
+    row("lenet5-zero-classes", lambda: M.lenet5(0), ConfigError, "lenet5", "num_classes"),
+    row("lenet5-bad-activation", lambda: M.lenet5(activation="foo"), ConfigError, "lenet5", "activation must be one of"),
+    row("lenet5-activation-none", lambda: M.lenet5(activation=None), ConfigError, "lenet5", "activation must not be None"),
+    row("lenet5-image-too-small", lambda: init(M.lenet5(), (1, 8, 8, 1)), ShapeError, "lenet5"),
+    row("alexnet-zero-classes", lambda: M.alexnet(0), ConfigError, "alexnet", "num_classes"),
+    row("alexnet-dropout-too-big", lambda: M.alexnet(dropout=1.5), ConfigError, "alexnet", "dropout"),
+    row("alexnet-image-too-small", lambda: shape_init(M.alexnet(10), (1, 32, 32, 3)), ShapeError, "alexnet"),
+    row("vgg-unknown-config", lambda: M.vgg("VGG99"), ConfigError, "vgg", "config must be one of"),
+    row("vgg11-batch-norm-string", lambda: M.vgg11(batch_norm="yes"), ConfigError, "batch_norm must be True or False"),
+    row("vgg16-zero-classes", lambda: M.vgg16(0), ConfigError, "num_classes"),
+    row("vgg11-dropout-negative", lambda: M.vgg11(dropout=-1.0), ConfigError, "dropout"),
+    row("vgg11-image-too-small", lambda: shape_init(M.vgg11(10), (1, 16, 16, 3)), ShapeError, "vgg"),
+    row("resnet-unknown-block", lambda: M.resnet("wide", [2, 2]), ConfigError, "block must be 'basic', 'bottleneck'"),
+    row("resnet-block-int", lambda: M.resnet(3, [2, 2]), ConfigError, "block must be"),
+    row("resnet-empty-layers", lambda: M.resnet("basic", []), ConfigError, "layers must be a non-empty sequence"),
+    row("resnet-zero-width", lambda: M.resnet("basic", [1, 1], width=0), ConfigError, "width", "positive int"),
+    row("resnet18-bad-stem", lambda: M.resnet18(stem="tiny"), ConfigError, "stem must be 'imagenet' or 'cifar'"),
+    row("resnet18-zero-classes", lambda: M.resnet18(0), ConfigError, "num_classes"),
+    row("resnet18-scan-one", lambda: M.resnet18(scan=1), ConfigError, "scan must be"),
+    row("resnet-zero-blocks", lambda: M.resnet("basic", [0, 2]), ConfigError, "layers[0] must be a positive int"),
+    row("resnet-negative-blocks", lambda: M.resnet("basic", [2, -1]), ConfigError, "layers[1]", "-1"),
+    row("resnet18-cifar-grayscale-1d", lambda: shape_init(M.resnet18(10, stem="cifar"), (1, 32, 3)), ShapeError, "resnet"),
+    row("context_module-zero-channels", lambda: M.context_module(0), ConfigError, "context", "channels"),
+    row("context_module-empty-dilations", lambda: M.context_module(4, dilations=[]), ConfigError, "dilations must be a non-empty sequence"),
+    row("context_module-bad-init", lambda: M.context_module(4, init="zeros"), ConfigError, "init must be 'identity', 'random'"),
+    row("context_module-wrong-channels", lambda: init(M.context_module(4), (1, 8, 8, 3)), ShapeError, "context"),
+    row("convolutionize-not-layer", lambda: M.convolutionize(3, (1, 4)), ConfigError, "convolutionize", "model must be a fundl Layer"),
+    row("convolutionize-no-head", lambda: M.convolutionize(L.Serial(L.Conv(2, 3)), (1, 8, 8, 3)), ConfigError, "convolutionize"),
+    row("convolutionize-dense-only", lambda: M.convolutionize(L.Serial(L.Dense(3)), (1, 4)), ConfigError, "convolutionize"),
+]
+
+
+# =========================================================================== summary
+SECTIONS["summary"] = [
+    row("summary-not-a-layer", lambda: fundl.summary(3, (1, 4)), ConfigError, "summary", "model must be a fundl Layer"),
+    row("summary-function-not-layer", lambda: fundl.summary(jax.nn.relu, (1, 4)), ConfigError, "summary", "fundl Layer"),
+    row("summary-rank-1-input", lambda: fundl.summary(L.Dense(3), (4,)), ShapeError, "dense", "rank >= 2"),
+    row("summary-shape-string", lambda: fundl.summary(L.Dense(3), "1x4"), ShapeError, "input_shape"),
+    row("summary-zero-batch", lambda: fundl.summary(L.Dense(3), (0, 4)), ShapeError, "input_shape", "positive ints"),
+    row("summary-image-too-small", lambda: fundl.summary(M.lenet5(), (1, 8, 8, 1)), ShapeError, "lenet5"),
+    row("summary-conv-on-flat", lambda: fundl.summary(L.Conv(4, 3), (1, 8)), ShapeError, "conv"),
+    row("summary-graph-single-input", lambda: fundl.summary(_siamese(), (4, 3)), ShapeError, "input_shape"),
+    row("count_params-not-a-tree-of-arrays", lambda: fundl.count_params({"w": "abc"}), ConfigError, "count_params",
+        silent="count_params({'w': 'abc'}) returns 1: a non-array leaf is counted as one parameter"),
+]
+
+
 # =========================================================================== the tests
 ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
 
@@ -407,6 +469,8 @@ MIN_ROWS = {
     "functional": 104,
     "layers": 84,
     "combinators": 38,
+    "models": 42,
+    "summary": 9,
 }
 
 
