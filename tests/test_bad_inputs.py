@@ -461,6 +461,95 @@ SECTIONS["summary"] = [
 ]
 
 
+# =========================================================================== train
+_SGD = optax.sgd(0.1)
+_XS, _YS = np.ones((8, 4), np.float32), np.zeros(8, np.int32)
+_NET_S = {}
+
+
+def _step(batch, *, opt_state=None, params=None, **kw):
+    """One call of a fresh, undonated train step of ``_NET`` with sgd on ``batch``."""
+    step = T.make_train_step(_NET, _SGD, donate=False, **kw)
+    params = _NET_P if params is None else params
+    opt_state = _SGD.init(params) if opt_state is None else opt_state
+    return step(params, _NET_S, opt_state, batch, KEY)
+
+
+def _fit(train=(_XS, _YS), **kw):
+    """``fit`` of ``_NET`` for one epoch, quiet; ``kw`` overrides any argument."""
+    args = dict(epochs=1, batch_size=4, key=KEY, progress=False)
+    args.update(kw)
+    model, params, opt = args.pop("model", _NET), args.pop("params", _NET_P), args.pop("optimizer", _SGD)
+    return T.fit(model, params, _NET_S, opt, train, **args)
+
+
+def _evaluate(data=(_XS, _YS), **kw):
+    return T.evaluate(kw.pop("model", _NET), kw.pop("params", _NET_P), _NET_S, data, **kw)
+
+
+SECTIONS["train"] = [
+    # ---- make_train_step / make_eval_step arguments
+    row("train_step-model-not-layer", lambda: T.make_train_step(3, _SGD), ConfigError, "make_train_step", "model must be a fundl Layer"),
+    row("train_step-model-function", lambda: T.make_train_step(jax.nn.relu, _SGD), ConfigError, "model must be a fundl Layer"),
+    row("train_step-optimizer-string", lambda: T.make_train_step(_NET, "adam"), ConfigError, "make_train_step", "optimizer must be an optax GradientTransformation"),
+    row("train_step-optimizer-uncalled", lambda: T.make_train_step(_NET, optax.sgd), ConfigError, "optimizer must be an optax GradientTransformation"),
+    row("train_step-bad-parallel", lambda: T.make_train_step(_NET, _SGD, parallel="ddp"), ConfigError, "parallel must be one of", "ddp"),
+    row("train_step-accumulate-zero", lambda: T.make_train_step(_NET, _SGD, accumulate=0), ConfigError, "accumulate must be an int >= 1"),
+    row("train_step-accumulate-float", lambda: T.make_train_step(_NET, _SGD, accumulate=2.0), ConfigError, "accumulate"),
+    row("train_step-sync-batch-stats-string", lambda: T.make_train_step(_NET, _SGD, sync_batch_stats="yes"), ConfigError, "sync_batch_stats must be True or False"),
+    row("train_step-devices-without-parallel", lambda: T.make_train_step(_NET, _SGD, devices=jax.devices()), ConfigError, "devices= needs parallel="),
+    row("train_step-bad-precision", lambda: T.make_train_step(_NET, _SGD, precision="float8"), ConfigError, "precision must be None, 'float32'"),
+    row("train_step-loss-scale-zero", lambda: T.make_train_step(_NET, _SGD, precision=T.Policy(loss_scale=0.0)), ConfigError, "loss_scale must be > 0"),
+    row("train_step-int-param-dtype", lambda: T.make_train_step(_NET, _SGD, precision=T.Policy(param_dtype=jnp.int32)), ConfigError, "param_dtype must be a floating dtype"),
+    row("train_step-batch-not-pair", lambda: _step(_XS), ShapeError, "batch must be a pair (x, y)"),
+    row("train_step-batch-triple", lambda: _step((_XS, _YS, _YS)), ShapeError, "batch must be a pair"),
+    row("train_step-x-y-rows-differ", lambda: _step((_XS, _YS[:5])), ShapeError, "target", "(8,)", "got (5,)"),
+    row("train_step-wrong-features", lambda: _step((np.ones((8, 5), np.float32), _YS)), ShapeError, "fc1", "5 features"),
+    row("train_step-params-of-other-model", lambda: _step((_XS, _YS), params={"fc": _DENSE_P}), ShapeError, "fc1"),
+    row("train_step-frozen-typo", lambda: _step((_XS, _YS), frozen=["fc9/*"]), ConfigError, "frozen pattern 'fc9/*' matches no parameter"),
+    row("eval_step-model-not-layer", lambda: T.make_eval_step("net"), ConfigError, "make_eval_step", "model must be a fundl Layer"),
+    row("eval_step-batch-not-pair", lambda: T.make_eval_step(_NET)(_NET_P, _NET_S, _XS), ShapeError, "eval step", "pair"),
+    row("eval_step-x-y-rows-differ", lambda: T.make_eval_step(_NET)(_NET_P, _NET_S, (_XS, _YS[:3])), ShapeError, "target", "(8,)", "got (3,)"),
+    # ---- evaluate
+    row("evaluate-data-not-pair", lambda: _evaluate(_XS), ShapeError, "evaluate", "must be a pair of arrays (x, y)"),
+    row("evaluate-x-y-lengths", lambda: _evaluate((_XS, _YS[:5])), ShapeError, "evaluate", "same number of examples"),
+    row("evaluate-empty", lambda: _evaluate((_XS[:0], _YS[:0])), ShapeError, "evaluate", "is empty"),
+    row("evaluate-batch-size-zero", lambda: _evaluate(batch_size=0), ConfigError, "evaluate", "batch_size must be a positive int"),
+    row("evaluate-batch-size-negative", lambda: _evaluate(batch_size=-4), ConfigError, "batch_size", "-4"),
+    row("evaluate-batch-size-float", lambda: _evaluate(batch_size=2.5), ConfigError, "batch_size", "2.5"),
+    row("evaluate-model-not-layer", lambda: _evaluate(model="net"), ConfigError, "model must be a fundl Layer", "got str"),
+    row("evaluate-params-of-other-model", lambda: _evaluate(params={"fc": _DENSE_P}), ShapeError, "fc1"),
+    row("evaluate-wrong-features", lambda: _evaluate((np.ones((8, 6), np.float32), _YS)), ShapeError, "6 features"),
+    # ---- fit
+    row("fit-epochs-negative", lambda: _fit(epochs=-1), ConfigError, "fit: epochs must be a non-negative int", "-1"),
+    row("fit-epochs-float", lambda: _fit(epochs=1.5), ConfigError, "epochs", "1.5"),
+    row("fit-batch-size-zero", lambda: _fit(batch_size=0), ConfigError, "fit", "batch_size must be a positive int"),
+    row("fit-batch-size-negative", lambda: _fit(batch_size=-2), ConfigError, "batch_size", "-2"),
+    row("fit-batch-size-string", lambda: _fit(batch_size="32"), ConfigError, "batch_size"),
+    row("fit-log-every-zero", lambda: _fit(log_every=0), ConfigError, "log_every must be a positive int"),
+    row("fit-drop-last-batch-too-big", lambda: _fit(batch_size=16, drop_last=True), ConfigError, "drop_last=True with batch_size=16 > 8 examples"),
+    row("fit-key-array", lambda: _fit(key=jax.random.split(KEY, 2)), ConfigError, "key must be a single key"),
+    row("fit-key-string", lambda: _fit(key="seed"), ConfigError, "key must be a jax.random.key"),
+    row("fit-data-not-pair", lambda: _fit(train=_XS), ShapeError, "fit", "pair of arrays (x, y)"),
+    row("fit-x-y-lengths", lambda: _fit(train=(_XS, _YS[:7])), ShapeError, "fit", "same number of examples"),
+    row("fit-empty-data", lambda: _fit(train=(_XS[:0], _YS[:0])), ShapeError, "fit", "empty"),
+    row("fit-eval-data-lengths", lambda: _fit(eval_data=(_XS, _YS[:3])), ShapeError, "eval_data", "same number"),
+    row("fit-eval-data-not-pair", lambda: _fit(eval_data=_XS), ShapeError, "eval_data", "pair"),
+    row("fit-model-not-layer", lambda: _fit(model=3), ConfigError, "fit", "model must be a fundl Layer"),
+    row("fit-frozen-typo", lambda: _fit(frozen=["fc9/*"]), ConfigError, "frozen pattern", "matches no parameter"),
+    row("fit-opt-state-of-another-optimizer", lambda: _fit(opt_state=optax.adam(1e-3).init(_NET_P)), ConfigError, "opt_state"),
+    row("fit-optimizer-string", lambda: _fit(optimizer="adam"), ConfigError, "optimizer must be an optax GradientTransformation"),
+    # ---- parameter labels, hyper-parameters
+    row("param_labels-rules-not-mapping", lambda: T.param_labels(_NET_P, 3), ConfigError, "param_labels: rules must be a dict"),
+    row("param_labels-no-rule-matches", lambda: T.param_labels(_NET_P, {"fc1/*": "a"}), ConfigError, "no rule matches parameter", "fc2"),
+    row("set_hyperparams-plain-state", lambda: T.set_hyperparams(_SGD.init(_NET_P), learning_rate=0.1), ConfigError, "set_hyperparams", "inject_hyperparams"),
+    row("set_hyperparams-wrong-shape", lambda: T.set_hyperparams(optax.inject_hyperparams(optax.sgd)(0.1).init(_NET_P), learning_rate=jnp.ones(3)), ShapeError, "set_hyperparams", "learning_rate must have shape"),
+    row("set_hyperparams-unknown-name", lambda: T.set_hyperparams(optax.inject_hyperparams(optax.sgd)(0.1).init(_NET_P), lr=0.1), ConfigError, "set_hyperparams", "lr"),
+    row("Policy-string-dtype", lambda: T.make_train_step(_NET, _SGD, precision=T.Policy(compute_dtype="float7")), ConfigError, "compute_dtype",
+        raw="Policy(compute_dtype='float7'): NumPy's TypeError \"data type 'float7' not understood\""),
+]
+
+
 # =========================================================================== the tests
 ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
 
@@ -471,6 +560,7 @@ MIN_ROWS = {
     "combinators": 38,
     "models": 42,
     "summary": 9,
+    "train": 55,
 }
 
 
