@@ -20,8 +20,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import gzip
 import io
+import os
 import pathlib
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -550,6 +553,117 @@ SECTIONS["train"] = [
 ]
 
 
+# =========================================================================== data
+_TMP = tempfile.TemporaryDirectory(prefix="fundl_bad_inputs_")  # removed at exit
+
+
+def tmpdir() -> pathlib.Path:
+    """A fresh empty directory under ``_TMP``."""
+    return pathlib.Path(tempfile.mkdtemp(dir=_TMP.name))
+
+
+_IMGS = np.zeros((6, 8, 8, 1), np.uint8)
+_LABELS = np.arange(6, dtype=np.int32) % 3
+
+
+def _load_without_env(name, **kw):
+    """``D.load`` with ``$FUNDL_DATA_DIR`` unset, so only ``data_dir`` is searched."""
+    saved = os.environ.pop("FUNDL_DATA_DIR", None)
+    try:
+        return D.load(name, **kw)
+    finally:
+        if saved is not None:
+            os.environ["FUNDL_DATA_DIR"] = saved
+
+
+def _idx_dir(images: bytes | None, labels: bytes | None) -> pathlib.Path:
+    """A fresh directory holding the MNIST test-split IDX files with these bytes."""
+    d = tmpdir()
+    if images is not None:
+        (d / "t10k-images-idx3-ubyte").write_bytes(images)
+    if labels is not None:
+        (d / "t10k-labels-idx1-ubyte").write_bytes(labels)
+    return d
+
+
+def _idx(magic: int, dims, payload: bytes) -> bytes:
+    """An IDX file: magic number (0x08 = uint8, rank in the low byte), dims, data."""
+    return magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims) + payload
+
+
+def _idx_gz_dir() -> pathlib.Path:
+    """A directory whose gzipped images file is cut short (a broken gzip stream)."""
+    d = _idx_dir(None, _GOOD_LABELS)
+    (d / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(_GOOD_IMAGES)[:-6])
+    return d
+
+
+_GOOD_IMAGES = _idx(0x0803, (2, 2, 2), bytes(8))
+_GOOD_LABELS = _idx(0x0801, (2,), bytes(2))
+
+SECTIONS["data"] = [
+    # ---- load / load_idx: names, splits, directories, damaged files
+    row("load-unknown-name", lambda: D.load("imagenet"), ConfigError, "load", "unknown data set name='imagenet'", "mnist"),
+    row("load-name-case", lambda: D.load("MNIST"), ConfigError, "unknown data set name='MNIST'"),
+    row("load-bad-split", lambda: D.load("mnist", "val"), ConfigError, "split must be 'train' or 'test'", "'val'"),
+    row("load-split-validation", lambda: D.load("digits", "validation"), ConfigError, "split must be 'train' or 'test'"),
+    row("load-source-unavailable", lambda: D.load("digits", source="tfds"), ConfigError, "source='tfds' is not available for 'digits'"),
+    row("load-source-unknown", lambda: D.load("mnist", source="web"), ConfigError, "source='web'"),
+    row("load-source-of-other-dataset", lambda: D.load("cifar10", source="idx"), ConfigError, "source='idx' is not available for 'cifar10'"),
+    row("load-empty-data-dir", lambda: _load_without_env("mnist", data_dir=tmpdir(), source="idx"), D.DataUnavailableError, "load('mnist'", "no local source", "nothing is downloaded"),
+    row("load-missing-data-dir", lambda: _load_without_env("fashion_mnist", data_dir="/nonexistent/fundl", source="idx"), D.DataUnavailableError, "fashion_mnist", "--data-dir"),
+    row("load-cifar-empty-dir", lambda: _load_without_env("cifar10", split="test", data_dir=tmpdir(), source="pickle"), D.DataUnavailableError, "cifar10", "cifar-10-batches-py"),
+    row("load_idx-empty-dir", lambda: D.load_idx(tmpdir(), "test"), D.DataUnavailableError, "load_idx", "lacks", "t10k-images-idx3-ubyte"),
+    row("load_idx-labels-missing", lambda: D.load_idx(_idx_dir(_GOOD_IMAGES, None), "test"), D.DataUnavailableError, "t10k-labels-idx1-ubyte"),
+    row("load_idx-bad-split", lambda: D.load_idx(tmpdir(), "val"), ConfigError, "load_idx: split must be 'train' or 'test'"),
+    row("load_idx-wrong-prefix", lambda: D.load_idx(_idx_dir(_GOOD_IMAGES, _GOOD_LABELS), "test", prefix="fashion-"), D.DataUnavailableError, "prefix='fashion-'"),
+    row("load_idx-bad-magic", lambda: D.load_idx(_idx_dir(b"PK\x03\x04" + bytes(20), _GOOD_LABELS), "test"), D.CorruptDataError, "bad magic number", "t10k-images"),
+    row("load_idx-empty-file", lambda: D.load_idx(_idx_dir(b"", _GOOD_LABELS), "test"), D.CorruptDataError, "truncated", "t10k-images"),
+    row("load_idx-truncated-header", lambda: D.load_idx(_idx_dir(_GOOD_IMAGES[:9], _GOOD_LABELS), "test"), D.CorruptDataError, "truncated", "header"),
+    row("load_idx-truncated-data", lambda: D.load_idx(_idx_dir(_GOOD_IMAGES[:-3], _GOOD_LABELS), "test"), D.CorruptDataError, "truncated", "t10k-images"),
+    row("load_idx-longer-than-header", lambda: D.load_idx(_idx_dir(_GOOD_IMAGES + bytes(4), _GOOD_LABELS), "test"), D.CorruptDataError, "longer than its header says"),
+    row("load_idx-wrong-rank", lambda: D.load_idx(_idx_dir(_idx(0x0801, (8,), bytes(8)), _GOOD_LABELS), "test"), D.CorruptDataError, "t10k-images"),
+    row("load_idx-count-mismatch", lambda: D.load_idx(_idx_dir(_GOOD_IMAGES, _idx(0x0801, (3,), bytes(3))), "test"), D.CorruptDataError, "2 images", "3 labels"),
+    row("load_idx-bad-gzip", lambda: D.load_idx(_idx_gz_dir(), "test"), D.CorruptDataError, "bad gzip stream"),
+    # ---- batches / num_batches / prefetch
+    row("batches-size-zero", lambda: next(D.batches(_IMGS, _LABELS, 0)), ConfigError, "batches", "batch_size must be >= 1"),
+    row("batches-size-string", lambda: next(D.batches(_IMGS, _LABELS, "4")), ConfigError, "batch_size must be an int"),
+    row("batches-size-float", lambda: next(D.batches(_IMGS, _LABELS, 2.5)), ConfigError, "batch_size must be an int"),
+    row("batches-x-y-lengths", lambda: next(D.batches(_IMGS, _LABELS[:4], 2)), ShapeError, "x and y must have the same length", "len(y)=4"),
+    row("batches-process-index-out-of-range", lambda: next(D.batches(_IMGS, _LABELS, 2, process_index=2, process_count=2)), ConfigError, "process_index must be in [0, 2)"),
+    row("batches-global-batch-not-divisible", lambda: next(D.batches(_IMGS, _LABELS, 3, process_count=2)), ConfigError, "must be divisible by"),
+    row("batches-process-count-zero", lambda: next(D.batches(_IMGS, _LABELS, 2, process_count=0)), ConfigError, "process_count"),
+    row("batches-epoch-negative", lambda: next(D.batches(_IMGS, _LABELS, 2, epoch=-1)), ConfigError, "epoch must be >= 0"),
+    row("num_batches-size-zero", lambda: D.num_batches(10, 0), ConfigError, "num_batches", "batch_size"),
+    row("num_batches-n-negative", lambda: D.num_batches(-1, 2), ConfigError, "num_batches", "n must be >= 0"),
+    row("prefetch-size-zero", lambda: next(D.prefetch_to_device(iter([(_IMGS, _LABELS)]), size=0)), ConfigError, "prefetch_to_device: size must be an int >= 1"),
+    # ---- augmentation
+    row("random_crop-rank-3", lambda: D.random_crop(KEY, jnp.zeros((8, 8, 1))), ShapeError, "random_crop", "rank 4"),
+    row("random_crop-padding-negative", lambda: D.random_crop(KEY, jnp.zeros((2, 8, 8, 1)), padding=-1), ConfigError, "random_crop: padding must be >= 0"),
+    row("random_crop-padding-float", lambda: D.random_crop(KEY, jnp.zeros((2, 8, 8, 1)), padding=1.5), ConfigError, "random_crop: padding must be an int"),
+    row("random_flip-rank-2", lambda: D.random_flip(KEY, jnp.zeros((2, 8))), ShapeError, "random_flip", "rank 4"),
+    row("augment_cifar-rank-3", lambda: D.augment_cifar(KEY, jnp.zeros((32, 32, 3))), ShapeError, "rank 4"),
+    # ---- select_classes / parse_classes
+    row("parse_classes-letters", lambda: D.parse_classes("a-b"), ConfigError, "classes", "expected class labels such as '0-4'"),
+    row("parse_classes-empty", lambda: D.parse_classes(""), ConfigError, "classes"),
+    row("parse_classes-twice", lambda: D.parse_classes("1,1"), ConfigError, "a label appears twice"),
+    row("parse_classes-overlapping-ranges", lambda: D.parse_classes("0-4,3"), ConfigError, "appears twice"),
+    row("parse_classes-negative", lambda: D.parse_classes([-1, 2]), ConfigError, "labels >= 0"),
+    row("parse_classes-reversed-range", lambda: D.parse_classes("5-3"), ConfigError, "classes"),
+    row("parse_classes-flag-name", lambda: D.parse_classes("x", "--classes"), ConfigError, "--classes"),
+    row("select_classes-none-present", lambda: D.select_classes(_IMGS, _LABELS, [7, 8]), ShapeError, "select_classes: no example has a label in [7, 8]"),
+    row("select_classes-limit-zero", lambda: D.select_classes(_IMGS, _LABELS, [0], limit=0), ConfigError, "limit must be a positive int or None"),
+    row("select_classes-float-labels", lambda: D.select_classes(_IMGS, _LABELS.astype(np.float32), [0]), ShapeError, "integer labels y [N]"),
+    row("select_classes-lengths", lambda: D.select_classes(_IMGS, _LABELS[:3], [0]), ShapeError, "select_classes"),
+    row("select_classes-bad-spec", lambda: D.select_classes(_IMGS, _LABELS, "zero"), ConfigError, "expected class labels"),
+    # ---- standardizer
+    row("standardizer-empty", lambda: D.standardizer(np.zeros((0, 8, 8, 1), np.uint8)), ShapeError, "standardizer: x_train must be a non-empty"),
+    row("standardizer-per-channel-1d", lambda: D.standardizer(np.arange(8.0), per_channel=True), ShapeError, "per_channel=True needs [N, ..., C] data"),
+    row("standardizer-constant-data", lambda: D.standardizer(np.full((4, 2, 2, 1), 7, np.uint8)), ConfigError, "zero standard deviation"),
+    row("standardizer-constant-channel", lambda: D.standardizer(np.stack([np.arange(16.0).reshape(4, 2, 2), np.ones((4, 2, 2))], -1), per_channel=True), ConfigError, "zero standard deviation"),
+]
+
+
 # =========================================================================== the tests
 ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
 
@@ -561,6 +675,7 @@ MIN_ROWS = {
     "models": 42,
     "summary": 9,
     "train": 54,
+    "data": 54,
 }
 
 
