@@ -664,6 +664,98 @@ SECTIONS["data"] = [
 ]
 
 
+# =========================================================================== autodiff
+_X4 = x(2, 4)
+
+
+@jax.custom_jvp
+def _wrong_grad(a):
+    """sum(a**2) with a deliberately wrong derivative (a instead of 2a)."""
+    return jnp.sum(a ** 2)
+
+
+@_wrong_grad.defjvp
+def _wrong_grad_jvp(primals, tangents):
+    (a,), (t,) = primals, tangents
+    return jnp.sum(a ** 2), jnp.sum(a * t)
+
+
+def _loss(p, xb):
+    """A scalar loss of ``_NET``: ``sum(net(x))``."""
+    return jnp.sum(_NET.apply(p, xb))
+
+
+def _vector_loss(p, xb):
+    """Not a scalar: one value per example."""
+    return jnp.sum(_NET.apply(p, xb), axis=1)
+
+
+def _per_example_loss(p, xb):
+    """Loss of one example ``xb: [4]`` (per_example_grads maps it over the batch)."""
+    return jnp.sum(_NET.apply(p, xb[None]))
+
+
+_LIKE_P = jax.tree_util.tree_map(jnp.ones_like, _NET_P)
+_PEG = jax.tree_util.tree_map(lambda a: jnp.ones((2, *a.shape)), _NET_P)   # per-example grads, N=2
+
+SECTIONS["autodiff"] = [
+    # ---- gradcheck
+    row("check_grads-not-function", lambda: AD.check_grads(3, (_NET_P, _X4)), ConfigError, "check_grads", "f must be a function"),
+    row("check_grads-args-not-tuple", lambda: AD.check_grads(_loss, _NET_P), ConfigError, "args must be a tuple of f's arguments"),
+    row("check_grads-order-3", lambda: AD.check_grads(_loss, (_NET_P, _X4), order=3), ConfigError, "order must be 1 or 2", "3"),
+    row("check_grads-bad-mode", lambda: AD.check_grads(_loss, (_NET_P, _X4), modes=("bwd",)), ConfigError, "modes must be a non-empty subset of ('fwd', 'rev')"),
+    row("check_grads-no-modes", lambda: AD.check_grads(_loss, (_NET_P, _X4), modes=()), ConfigError, "modes must be a non-empty subset"),
+    row("check_grads-eps-zero", lambda: AD.check_grads(_loss, (_NET_P, _X4), eps=0.0), ConfigError, "eps must be a number > 0"),
+    row("check_grads-rtol-negative", lambda: AD.check_grads(_loss, (_NET_P, _X4), rtol=-1.0), ConfigError, "rtol must be a number >= 0"),
+    row("check_grads-directions-zero", lambda: AD.check_grads(_loss, (_NET_P, _X4), num_directions=0), ConfigError, "num_directions must be a positive int"),
+    row("check_grads-no-float-args", lambda: AD.check_grads(lambda i: i * 2, (jnp.arange(3),)), ConfigError, "args hold no floating-point arrays"),
+    row("check_grads-int-output", lambda: AD.check_grads(lambda a: jnp.round(a).astype(jnp.int32), (x(3),)), ConfigError, "f must return floating-point arrays"),
+    row("check_grads-wrong-gradient", lambda: AD.check_grads(_wrong_grad, (x(3),), order=1), AD.GradientCheckError, "checks failed", "finite difference"),
+    # ---- hvp / hessian / newton / cg
+    row("hvp-loss-not-function", lambda: AD.hvp("loss", _NET_P, _LIKE_P, _X4), ConfigError, "hvp", "loss must be a function"),
+    row("hvp-v-structure", lambda: AD.hvp(_loss, _NET_P, {"fc1": _LIKE_P["fc1"]}, _X4), ShapeError, "hvp", "v must have the structure of params"),
+    row("hvp-v-leaf-shape", lambda: AD.hvp(_loss, _NET_P, {**_LIKE_P, "fc2": {"b": x(7), "w": x(3, 2)}}, _X4), ShapeError, "hvp", "v['fc2/b'] must have shape (2,)"),
+    row("hvp-non-scalar-loss", lambda: AD.hvp(_vector_loss, _NET_P, _LIKE_P, _X4), ShapeError, "hvp", "loss must return a scalar",
+        raw="hvp with a loss returning [N]: JAX's TypeError 'Gradient only defined for scalar-output functions' (hessian checks it)"),
+    row("hvp-has-aux-scalar", lambda: AD.hvp(_loss, _NET_P, _LIKE_P, _X4, has_aux=True), ShapeError, "has_aux=True", "(scalar, aux)",
+        raw="hvp(has_aux=True) with a loss returning a bare scalar: IndexError 'Too many indices: array is 0-dimensional'"),
+    row("hessian-bad-wrt", lambda: AD.hessian(_loss, _NET_P, _X4, wrt="fc9"), ConfigError, "hessian", "wrt='fc9' selects no parameter", "fc1"),
+    row("hessian-wrt-int", lambda: AD.hessian(_loss, _NET_P, _X4, wrt=3), ConfigError, "wrt must be None (all parameters)"),
+    row("hessian-non-scalar-loss", lambda: AD.hessian(_vector_loss, _NET_P, _X4), ShapeError, "hessian", "scalar"),
+    row("param_layout-bad-wrt", lambda: AD.param_layout(_NET_P, wrt="fc3/w"), ConfigError, "param_layout", "selects no parameter"),
+    row("newton_step-damping-negative", lambda: AD.newton_step(_loss, _NET_P, _X4, damping=-1.0), ConfigError, "newton_step", "damping must be a finite number"),
+    row("newton_step-lr-nan", lambda: AD.newton_step(_loss, _NET_P, _X4, lr=float("nan")), ConfigError, "lr must be a finite number",
+        silent="newton_step(lr=nan) returns NaN params (damping is checked, lr is not)"),
+    row("cg_solve-maxiter-zero", lambda: AD.cg_solve(lambda v: v, x(3), maxiter=0), ConfigError, "cg_solve", "maxiter must be a positive int"),
+    row("cg_solve-matvec-not-function", lambda: AD.cg_solve(x(3), x(3)), ConfigError, "cg_solve", "matvec must be a function"),
+    row("cg_solve-x0-shape", lambda: AD.cg_solve(lambda v: v, x(3), x0=x(4)), ShapeError, "cg_solve", "x0"),
+    row("cg_solve-tol-negative", lambda: AD.cg_solve(lambda v: v, x(3), tol=-1.0), ConfigError, "tol"),
+    row("hessian_free-maxiter-zero", lambda: AD.hessian_free_step(_loss, _NET_P, _X4, maxiter=0), ConfigError, "maxiter must be a positive int", "maxiter=0"),
+    # ---- per-example gradients, DP-SGD
+    row("per_example_grads-empty-batch", lambda: AD.per_example_grads(_per_example_loss, _NET_P, ()), ShapeError, "per_example_grads", "batch holds no arrays"),
+    row("per_example_grads-batch-axes-differ", lambda: AD.per_example_grads(lambda p, b: _per_example_loss(p, b[0]), _NET_P, (x(2, 4), x(3))), ShapeError, "same leading (batch) axis"),
+    row("per_example_grads-loss-not-function", lambda: AD.per_example_grads(None, _NET_P, _X4), ConfigError, "loss must be a function"),
+    row("per_example_grads-non-scalar-loss", lambda: AD.per_example_grads(lambda p, b: _NET.apply(p, b[None])[0], _NET_P, _X4), ShapeError, "scalar",
+        raw="per_example_grads with a loss returning [1, C]: JAX's TypeError 'Gradient only defined for scalar-output functions'"),
+    row("per_example_norms-not-per-example", lambda: AD.per_example_norms({"a": x(3), "b": x(4)}), ShapeError, "per_example_norms", "grads must be per-example gradients"),
+    row("clip_per_example-max-norm-zero", lambda: AD.clip_per_example(_PEG, 0.0), ConfigError, "clip_per_example", "max_norm"),
+    row("clip_per_example-max-norm-inf", lambda: AD.clip_per_example(_PEG, float("inf")), ConfigError, "max_norm must be a finite number"),
+    row("add_noise-batch-size-zero", lambda: AD.add_noise(_LIKE_P, key=KEY, noise_multiplier=1.0, max_norm=1.0, batch_size=0), ConfigError, "add_noise", "batch_size must be a positive int"),
+    row("add_noise-noise-negative", lambda: AD.add_noise(_LIKE_P, key=KEY, noise_multiplier=-1.0, max_norm=1.0, batch_size=4), ConfigError, "noise_multiplier"),
+    row("dp_sgd-max-norm-negative", lambda: AD.dp_sgd_grads(_per_example_loss, _NET_P, _X4, key=KEY, max_norm=-1.0, noise_multiplier=1.0), ConfigError, "dp_sgd_grads", "max_norm"),
+    # ---- jacobians, gradient penalty
+    row("jacobians-not-layer", lambda: AD.jacobians(_loss, _NET_P, _X4), ConfigError, "jacobians", "layer must be a fundl Layer"),
+    row("jacobians-bad-mode", lambda: AD.jacobians(_NET, _NET_P, _X4, mode="central"), ConfigError, "mode must be 'auto', 'fwd' or 'rev'"),
+    row("jacobians-stateful-without-state", lambda: AD.jacobians(_BN, _BN_P, x(4, 3)), ConfigError, "holds batch-norm statistics"),
+    row("jacobians-stateless-with-state", lambda: AD.jacobians(_NET, _NET_P, _X4, state={"bn": 1}), ConfigError, "state was given", "stateless"),
+    row("jacobians-per-example-train-stateful", lambda: AD.jacobians(_BN, _BN_P, x(4, 3), state=_BN_S, train=True, per_example=True), ConfigError, "per_example=True with train=True"),
+    row("jacobians-params-of-other-model", lambda: AD.jacobians(_NET, {"fc": _DENSE_P}, _X4), ShapeError, "fc1"),
+    row("gradient_penalty-x-not-array", lambda: AD.gradient_penalty(lambda a: jnp.sum(a), [1.0, 2.0]), ShapeError, "gradient_penalty", "x must be an array [N, ...]"),
+    row("gradient_penalty-f-not-function", lambda: AD.gradient_penalty(3, _X4), ConfigError, "gradient_penalty", "f must be a function"),
+    row("gradient_penalty-x-scalar", lambda: AD.gradient_penalty(lambda a: a, jnp.float32(1.0)), ShapeError, "gradient_penalty"),
+]
+
+
 # =========================================================================== the tests
 ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
 
@@ -676,6 +768,7 @@ MIN_ROWS = {
     "summary": 9,
     "train": 54,
     "data": 54,
+    "autodiff": 46,
 }
 
 
