@@ -756,6 +756,130 @@ SECTIONS["autodiff"] = [
 ]
 
 
+# =========================================================================== surgery
+_TREE = L.Serial(L.Conv(4, 3, name="conv1"), L.ReLU(name="relu"),
+                 L.Serial(L.Dense(3, name="fc"), name="head"), name="net")
+
+SECTIONS["surgery"] = [
+    row("get-not-a-model", lambda: S.get("net", "conv1"), ConfigError, "get", "model must be a fundl Layer"),
+    row("get-path-not-string", lambda: S.get(_TREE, 3), ConfigError, "get", "path must be a string of '/'-joined layer names"),
+    row("get-path-empty-component", lambda: S.get(_TREE, "head//fc"), ConfigError, "has an empty component"),
+    row("get-unknown-path", lambda: S.get(_TREE, "conv2"), ConfigError, "get", "no layer at path 'conv2'", "conv1"),
+    row("get-unknown-nested-path", lambda: S.get(_TREE, "head/fc2"), ConfigError, "no layer at path 'head/fc2'", "deepest valid prefix", "head"),
+    row("get-path-into-leaf", lambda: S.get(_TREE, "conv1/w"), ConfigError, "no layer at path 'conv1/w'"),
+    row("paths-not-a-model", lambda: S.paths({"conv1": 1}), ConfigError, "paths", "model must be a fundl Layer"),
+    row("replace-with-non-layer", lambda: S.replace(_TREE, "conv1", "conv"), ConfigError, "replace", "must be a fundl Layer"),
+    row("replace-unknown-path", lambda: S.replace(_TREE, "conv9", L.Conv(2, 3)), ConfigError, "replace", "no layer at path 'conv9'"),
+    row("remove-root", lambda: S.remove(_TREE, ""), ConfigError, "remove", "path '' is the model itself"),
+    row("remove-unknown-path", lambda: S.remove(_TREE, "relu2"), ConfigError, "remove", "no layer at path 'relu2'"),
+    row("remove-only-child", lambda: S.remove(_TREE, "head/fc"), ConfigError, "remove", "head"),
+    row("remove-residual-body", lambda: S.remove(L.Serial(L.Residual(L.Dense(3, name="fc"), name="res")), "res/body"), ConfigError, "remove"),
+    row("insert-after-not-bool", lambda: S.insert(_TREE, "relu", L.ReLU(), after="yes"), ConfigError, "insert", "after must be True or False"),
+    row("insert-non-layer", lambda: S.insert(_TREE, "relu", jax.nn.relu), ConfigError, "insert", "must be a fundl Layer"),
+    row("insert-unknown-path", lambda: S.insert(_TREE, "pool", L.ReLU()), ConfigError, "insert", "no layer at path 'pool'"),
+    row("insert-into-residual", lambda: S.insert(L.Serial(L.Residual(L.Dense(3, name="fc"), name="res")), "res/body", L.ReLU()), ConfigError, "insert"),
+    row("adapt-params-not-dict", lambda: S.adapt(_NET, [1, 2], {}, key=KEY, input_shape=(2, 4)), ConfigError, "adapt", "params must be a dict of dicts of arrays"),
+    row("adapt-params-non-string-key", lambda: S.adapt(_NET, {1: _DENSE_P}, {}, key=KEY, input_shape=(2, 4)), ConfigError, "adapt", "keys must be strings"),
+    row("adapt-params-leaf-not-array", lambda: S.adapt(_NET, {"fc1": {"w": "abc"}}, {}, key=KEY, input_shape=(2, 4)), ConfigError, "adapt", "must be an array"),
+    row("adapt-key-none", lambda: S.adapt(_NET, _NET_P, {}, key=None, input_shape=(2, 4)), ConfigError, "adapt", "key must be one jax.random key"),
+    row("adapt-params-of-another-model", lambda: S.adapt(_NET, {"net": _NET_P}, {}, key=KEY, input_shape=(2, 4)), ConfigError, "adapt"),
+    row("adapt-not-a-model", lambda: S.adapt("net", _NET_P, {}, key=KEY, input_shape=(2, 4)), ConfigError, "adapt", "must be a fundl Layer"),
+    row("adapt-bad-input-shape", lambda: S.adapt(_NET, _NET_P, {}, key=KEY, input_shape=(2, 5, 0)), ShapeError, "input_shape"),
+]
+
+
+# =========================================================================== io
+_IO = fundl.io
+
+
+def _saved(model=_NET, params=_NET_P) -> pathlib.Path:
+    """A fresh fundl.io file of ``params`` (with the model's repr)."""
+    path = tmpdir() / "net.safetensors"
+    _IO.save(path, params, model=model)
+    return path
+
+
+def _file(data: bytes, name="f.safetensors") -> pathlib.Path:
+    path = tmpdir() / name
+    path.write_bytes(data)
+    return path
+
+
+SECTIONS["io"] = [
+    row("save-missing-directory", lambda: _IO.save(tmpdir() / "no" / "net.safetensors", _NET_P), FileNotFoundError, "save", "does not exist"),
+    row("save-to-directory", lambda: _IO.save(tmpdir(), _NET_P), IsADirectoryError, "save", "is a directory"),
+    row("save-path-int", lambda: _IO.save(3, _NET_P), ConfigError, "save", "path must be a str or path-like"),
+    row("save-params-list", lambda: _IO.save(tmpdir() / "a.safetensors", [x(3)]), ConfigError, "save", "must be a dict of arrays nested by layer name"),
+    row("save-key-with-slash", lambda: _IO.save(tmpdir() / "a.safetensors", {"a/b": {"w": x(3)}}), ConfigError, "save", "without '/'"),
+    row("save-leaf-string", lambda: _IO.save(tmpdir() / "a.safetensors", {"fc": {"w": "abc"}}), ConfigError, "save", "fc/w", "cannot store"),
+    row("save-object-dtype", lambda: _IO.save(tmpdir() / "a.safetensors", {"fc": {"w": np.array([None])}}), ConfigError, "save", "dtype object"),
+    row("save-model-not-layer", lambda: _IO.save(tmpdir() / "a.safetensors", _NET_P, model="net"), ConfigError, "save", "model must be a fundl Layer (or None)"),
+    row("save-metadata-not-dict", lambda: _IO.save(tmpdir() / "a.safetensors", _NET_P, metadata=["a"]), ConfigError, "metadata must be a dict of str -> str"),
+    row("save-metadata-value-int", lambda: _IO.save(tmpdir() / "a.safetensors", _NET_P, metadata={"epochs": 3}), ConfigError, "metadata values must be strings"),
+    row("save-metadata-reserved-key", lambda: _IO.save(tmpdir() / "a.safetensors", _NET_P, metadata={"fundl.crc32": "x"}), ConfigError, "metadata keys must be non-empty strings not starting with"),
+    row("load-missing-file", lambda: _IO.load(tmpdir() / "none.safetensors"), FileNotFoundError, "load", "no such file"),
+    row("load-directory", lambda: _IO.load(tmpdir()), IsADirectoryError, "load", "is a directory"),
+    row("load-empty-file", lambda: _IO.load(_file(b"")), _IO.CorruptFileError, "empty"),
+    row("load-garbage", lambda: _IO.load(_file(b"hello world, not a tensor file")), _IO.CorruptFileError, "f.safetensors"),
+    row("load-truncated", lambda: _IO.load(_file(_saved().read_bytes()[:-10])), _IO.CorruptFileError, "truncated"),
+    row("load-torch-zip", lambda: _IO.load(_file(b"PK\x03\x04" + bytes(60), "m.pt")), _IO.NotFundlFileError, "not a fundl.io", "fundl.interop"),
+    row("load-model-of-another-architecture", lambda: _IO.load(_saved(), model=L.Serial(L.Dense(5, name="fc1"), L.Dense(2, name="fc2")), input_shape=(2, 4)), ShapeError, "fc1"),
+    row("load-model-without-input-shape", lambda: _IO.load(_saved(), model=_NET), ConfigError, "model= needs input_shape="),
+    row("load-input-shape-without-model", lambda: _IO.load(_saved(), input_shape=(2, 4)), ConfigError, "input_shape= is only used with model="),
+    row("load-model-not-layer", lambda: _IO.load(_saved(), model="net", input_shape=(2, 4)), ConfigError, "model must be a fundl Layer (or None)"),
+    row("load-model-wrong-input-shape", lambda: _IO.load(_saved(), model=_NET, input_shape=(2, 5)), ShapeError, "fc1"),
+    row("metadata-missing-file", lambda: _IO.metadata(tmpdir() / "none.safetensors"), FileNotFoundError, "no such file"),
+    row("unflatten-bad-key", lambda: _IO.unflatten({"weights/fc/w": np.ones(3)}), ConfigError, "unflatten", "'params/<path>' or 'state/<path>'"),
+    row("unflatten-clashing-keys", lambda: _IO.unflatten({"params/fc": np.ones(3), "params/fc/w": np.ones(3)}), ConfigError, "clashes with another key"),
+    row("flatten-params-not-dict", lambda: _IO.flatten([x(3)]), ConfigError, "flatten", "must be a dict of arrays nested by layer name"),
+    row("load_exported-not-bytes", lambda: fundl.load_exported(3), ConfigError, "load_exported", "data must be the bytes fundl.export returned"),
+    row("load_exported-io-file", lambda: fundl.load_exported(_saved()), ConfigError, "load_exported"),
+    row("export-not-layer", lambda: fundl.export("net", _NET_P, {}, (2, 4)), ConfigError, "export", "model must be a fundl Layer"),
+    row("export-batch-polymorphic-string", lambda: fundl.export(_NET, _NET_P, {}, (2, 4), batch_polymorphic="yes"), ConfigError, "batch_polymorphic must be True or False"),
+]
+
+
+# =========================================================================== interop
+_TORCH_SD = {"0.weight": np.ones((3, 4), np.float32), "0.bias": np.ones(3, np.float32),
+             "2.weight": np.ones((2, 3), np.float32), "2.bias": np.ones(2, np.float32)}
+
+
+def _sd(changes):
+    """``_TORCH_SD`` (the torch names and layouts of ``_NET``, an ``nn.Sequential``) with keys
+    replaced, or removed (value None)."""
+    out = dict(_TORCH_SD)
+    for k, v in changes.items():
+        if v is None:
+            out.pop(k)
+        else:
+            out[k] = v
+    return out
+
+
+SECTIONS["interop"] = [
+    row("from_torch-missing-key", lambda: I.from_torch(_NET, _sd({"2.bias": None}), input_shape=(2, 4)), I.StateDictError, "missing", "'2.bias'", "serial/fc2"),
+    row("from_torch-unexpected-key", lambda: I.from_torch(_NET, _sd({"4.weight": np.ones((2, 2), np.float32)}), input_shape=(2, 4)), I.StateDictError, "unexpected", "'4.weight'"),
+    row("from_torch-wrong-shape", lambda: I.from_torch(_NET, _sd({"0.weight": np.ones((4, 3), np.float32)}), input_shape=(2, 4)), I.StateDictError, "'0.weight'", "(3, 4)"),
+    row("from_torch-strict-string", lambda: I.from_torch(_NET, _TORCH_SD, input_shape=(2, 4), strict="no"), ConfigError, "strict must be True or False"),
+    row("from_torch-not-layer", lambda: I.from_torch("net", _TORCH_SD, input_shape=(2, 4)), ConfigError, "from_torch", "model must be a fundl Layer"),
+    row("from_torch-state-dict-list", lambda: I.from_torch(_NET, [1, 2], input_shape=(2, 4)), ConfigError, "state_dict must be a dict of tensors or arrays"),
+    row("from_torch-nested-dict", lambda: I.from_torch(_NET, {"model": _TORCH_SD}, input_shape=(2, 4)), ConfigError, "state_dict['model'] is a dict, not an array"),
+    row("from_torch-value-string", lambda: I.from_torch(_NET, _sd({"0.bias": "abc"}), input_shape=(2, 4)), ConfigError, "state_dict['0.bias'] must be an array or a tensor"),
+    row("from_torch-int-keys", lambda: I.from_torch(_NET, {0: np.ones(3)}, input_shape=(2, 4)), ConfigError, "state dict keys must be strings"),
+    row("from_torch-missing-file", lambda: I.from_torch(_NET, str(tmpdir() / "m.pt"), input_shape=(2, 4)), FileNotFoundError, "does not exist"),
+    row("from_torch-bad-extension", lambda: I.from_torch(_NET, str(_file(b"x", "m.txt")), input_shape=(2, 4)), ConfigError, "must end in .pt, .pth, .bin"),
+    row("from_torch-bad-input-shape", lambda: I.from_torch(_NET, _TORCH_SD, input_shape="2x4"), ConfigError, "input_shape must be the model's input shape"),
+    row("from_torch-name-map-unknown-layer", lambda: I.from_torch(_NET, _TORCH_SD, input_shape=(2, 4), name_map={"fc1": "dense9"}), ConfigError, "name_map['fc1'] = 'dense9' names no layer"),
+    row("from_torch-name-map-twice", lambda: I.from_torch(_NET, _TORCH_SD, input_shape=(2, 4), name_map={"a": "fc1", "b": "fc1"}), ConfigError, "name_map maps both"),
+    row("from_torch-name-map-int", lambda: I.from_torch(_NET, _TORCH_SD, input_shape=(2, 4), name_map=3), ConfigError, "name_map must be None"),
+    row("from_torch-name-map-values-int", lambda: I.from_torch(_NET, _TORCH_SD, input_shape=(2, 4), name_map={"fc1": 3}), ConfigError, "name_map must map torch prefixes (str)"),
+    row("to_torch-params-of-another-model", lambda: I.to_torch(_NET, {"fc": _DENSE_P}, {}, input_shape=(2, 4)), ShapeError, "fc1"),
+    row("to_torch-not-layer", lambda: I.to_torch(3, _NET_P, {}, input_shape=(2, 4)), ConfigError, "to_torch", "model must be a fundl Layer"),
+    row("torch_names-not-layer", lambda: I.torch_names(None), ConfigError, "torch_names", "model must be a fundl Layer"),
+    row("torch_names-bad-input-shape", lambda: I.torch_names(_NET, input_shape=(4,)), ShapeError, "fc1", "rank >= 2"),
+]
+
+
 # =========================================================================== the tests
 ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
 
@@ -769,13 +893,20 @@ MIN_ROWS = {
     "train": 54,
     "data": 54,
     "autodiff": 46,
+    "surgery": 24,
+    "io": 30,
+    "interop": 20,
 }
 
 
 @pytest.mark.parametrize("call, exc, fragments", ALL_ROWS)
 def test_bad_input(call, exc, fragments):
-    """The bad call raises ``exc`` (a fundl error) and the message holds every fragment."""
-    assert issubclass(exc, (FundlError, ArgparseExit)), exc
+    """The bad call raises ``exc`` and the message holds every fragment.
+
+    ``exc`` is a fundl error, argparse's refusal, or an ``OSError`` subclass (``FileNotFoundError``,
+    ``IsADirectoryError``) for a path that is missing or of the wrong kind, as ``open`` does.
+    """
+    assert issubclass(exc, (FundlError, ArgparseExit, OSError)), exc
     with pytest.raises(exc) as info:
         call()
     message = info.value.stderr if isinstance(info.value, ArgparseExit) else str(info.value)
