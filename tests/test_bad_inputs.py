@@ -880,6 +880,103 @@ SECTIONS["interop"] = [
 ]
 
 
+# =========================================================================== experiment
+_TRAIN = (np.ones((8, 4), np.float32), np.zeros(8, np.int32))
+
+
+def _run(**kw):
+    """``experiment.run`` of ``_NET`` into a fresh directory, quiet; ``kw`` overrides."""
+    args = dict(out=tmpdir() / "run", epochs=1, batch_size=4, progress=False)
+    args.update(kw)
+    model, opt = args.pop("model", _NET), args.pop("optimizer", _SGD)
+    train, test = args.pop("train", _TRAIN), args.pop("test", _TRAIN)
+    return E.run(model, opt, train, test, **args)
+
+
+SECTIONS["experiment"] = [
+    row("make_optimizer-unknown", lambda: E.make_optimizer("adamw2", 0.1), ConfigError, "make_optimizer", "unknown optimizer name='adamw2'", "sgd"),
+    row("make_optimizer-case", lambda: E.make_optimizer("SGD", 0.1), ConfigError, "unknown optimizer name='SGD'"),
+    row("make_optimizer-weight-decay-negative", lambda: E.make_optimizer("sgd", 0.1, weight_decay=-1e-4), ConfigError, "weight_decay must be >= 0"),
+    row("make_schedule-unknown", lambda: E.make_schedule("linear", 0.1, epochs=2, steps_per_epoch=3), ConfigError, "make_schedule", "unknown schedule name='linear'", "cosine"),
+    row("make_schedule-empty-name", lambda: E.make_schedule("", 0.1, epochs=2, steps_per_epoch=3), ConfigError, "unknown schedule"),
+    row("load_checkpoint-missing-dir", lambda: E.load_checkpoint(tmpdir() / "nothing"), FundlError, "load_checkpoint", "no checkpoints/", "--out of a run"),
+    row("load_checkpoint-empty-run-dir", lambda: E.load_checkpoint(tmpdir()), FundlError, "load_checkpoint", "no checkpoints/"),
+    row("export_checkpoint-missing-dir", lambda: E.export_checkpoint(tmpdir() / "nothing", tmpdir() / "p.safetensors"), FundlError, "no checkpoints/"),
+    row("run-model-not-layer", lambda: _run(model="convnet"), ConfigError, "run: model must be a fundl Layer"),
+    row("run-epochs-negative", lambda: _run(epochs=-1), ConfigError, "run: epochs must be an int >= 0", "-1"),
+    row("run-epochs-float", lambda: _run(epochs=1.5), ConfigError, "run: epochs must be an int"),
+    row("run-batch-size-zero", lambda: _run(batch_size=0), ConfigError, "run: batch_size must be an int >= 1"),
+    row("run-batch-size-bool", lambda: _run(batch_size=True), ConfigError, "batch_size must be an int"),
+    row("run-batch-size-exceeds-data", lambda: _run(batch_size=16), ConfigError, "batch_size=16 exceeds the 8 training examples"),
+    row("run-eval-batch-size-zero", lambda: _run(eval_batch_size=0), ConfigError, "eval_batch_size must be an int >= 1"),
+    row("run-log-every-zero", lambda: _run(log_every=0), ConfigError, "log_every must be an int >= 1"),
+    row("run-data-parallel-string", lambda: _run(data_parallel="yes"), ConfigError, "data_parallel must be True or False"),
+    row("run-train-not-pair", lambda: _run(train=_TRAIN[0]), ShapeError, "run: train must be non-empty (x, y) arrays",
+        raw="run(train=x_array) (no labels): ValueError 'too many values to unpack (expected 2)' from _check_arrays"),
+    row("run-train-lengths", lambda: _run(train=(_TRAIN[0], _TRAIN[1][:5])), ShapeError, "run: train", "one length"),
+    row("run-test-empty", lambda: _run(test=(_TRAIN[0][:0], _TRAIN[1][:0])), ShapeError, "run: test must be non-empty"),
+    row("run-export-params-missing-dir", lambda: _run(export_params=tmpdir() / "no" / "p.safetensors"), ConfigError, "export_params", "does not exist"),
+    row("run-export-model-is-dir", lambda: _run(export_model=tmpdir()), ConfigError, "export_model", "it is a directory"),
+]
+
+
+# =========================================================================== runner flags
+# Only what argparse itself refuses (choices, types, unknown flags); value ranges come later.
+_ARG = ArgparseExit
+
+SECTIONS["runner_flags"] = [
+    row(f"{name}-{tag}", (lambda name=name, argv=argv: parse(name, *argv)), _ARG, *frags)
+    for name, tag, argv, frags in [
+        ("mnist", "optimizer-choice", ["--optimizer", "adamw2"], ["--optimizer", "invalid choice", "'adamw2'"]),
+        ("mnist", "schedule-choice", ["--schedule", "linear"], ["--schedule", "invalid choice"]),
+        ("mnist", "dataset-choice", ["--dataset", "cifar10"], ["--dataset", "invalid choice"]),
+        ("mnist", "model-choice", ["--model", "resnet18"], ["--model", "invalid choice"]),
+        ("mnist", "epochs-not-int", ["--epochs", "ten"], ["--epochs", "invalid int value"]),
+        ("mnist", "batch-size-float", ["--batch-size", "1.5"], ["--batch-size", "invalid int value"]),
+        ("mnist", "lr-not-float", ["--lr", "fast"], ["--lr", "invalid float value"]),
+        ("mnist", "momentum-not-float", ["--momentum", "high"], ["--momentum", "invalid float value"]),
+        ("mnist", "weight-decay-not-float", ["--weight-decay", "1e-4x"], ["--weight-decay", "invalid float value"]),
+        ("mnist", "seed-float", ["--seed", "0.5"], ["--seed", "invalid int value"]),
+        ("mnist", "stop-after-not-int", ["--stop-after", "last"], ["--stop-after", "invalid int value"]),
+        ("mnist", "limit-train-not-int", ["--limit-train", "1k"], ["--limit-train", "invalid int value"]),
+        ("mnist", "limit-test-not-int", ["--limit-test", "all"], ["--limit-test", "invalid int value"]),
+        ("mnist", "eval-batch-size-not-int", ["--eval-batch-size", "big"], ["--eval-batch-size", "invalid int value"]),
+        ("mnist", "synthetic-not-int", ["--synthetic", "yes"], ["--synthetic", "invalid int value"]),
+        ("mnist", "unknown-flag", ["--learning-rate", "0.1"], ["unrecognized arguments", "--learning-rate"]),
+        ("mnist", "epochs-missing-value", ["--epochs"], ["--epochs", "expected one argument"]),
+        ("mnist", "resume-with-value", ["--resume=yes"], ["--resume", "ignored explicit argument"]),
+        ("cifar10", "optimizer-choice", ["--optimizer", "rmsprop2"], ["--optimizer", "invalid choice"]),
+        ("cifar10", "source-choice", ["--source", "web"], ["--source", "invalid choice"]),
+        ("cifar10", "model-choice", ["--model", "vgg99"], ["--model", "invalid choice"]),
+        ("cifar10", "schedule-choice", ["--schedule", "poly"], ["--schedule", "invalid choice"]),
+        ("cifar10", "batch-size-not-int", ["--batch-size", "x"], ["--batch-size", "invalid int value"]),
+        ("cifar10", "lr-not-float", ["--lr", "0,1"], ["--lr", "invalid float value"]),
+        ("cifar10", "unknown-flag", ["--augment"], ["unrecognized arguments", "--augment"]),
+        ("dp_sgd_mnist", "max-norm-not-float", ["--max-norm", "x"], ["--max-norm", "invalid float value"]),
+        ("dp_sgd_mnist", "noise-not-float", ["--noise-multiplier", "lots"], ["--noise-multiplier", "invalid float value"]),
+        ("dp_sgd_mnist", "epochs-not-int", ["--epochs", "1.0"], ["--epochs", "invalid int value"]),
+        ("dp_sgd_mnist", "unknown-flag", ["--optimizer", "sgd"], ["unrecognized arguments"]),
+        ("finetune", "model-choice", ["--model", "resnet18"], ["--model", "invalid choice"]),
+        ("finetune", "epochs-not-int", ["--epochs", "two"], ["--epochs", "invalid int value"]),
+        ("finetune", "lr-not-float", ["--lr", "?"], ["--lr", "invalid float value"]),
+        ("finetune", "unknown-flag", ["--frozen", "features"], ["unrecognized arguments", "--frozen"]),
+        ("gradient_penalty_mnist", "lam-not-float", ["--lam", "ten"], ["--lam", "invalid float value"]),
+        ("gradient_penalty_mnist", "fgsm-eps-not-float", ["--fgsm-eps", "x"], ["--fgsm-eps", "invalid float value"]),
+        ("gradient_penalty_mnist", "unknown-flag", ["--penalty", "1"], ["unrecognized arguments"]),
+        ("maml_sinusoid", "iterations-not-int", ["--iterations", "many"], ["--iterations", "invalid int value"]),
+        ("maml_sinusoid", "inner-lr-not-float", ["--inner-lr", "x"], ["--inner-lr", "invalid float value"]),
+        ("maml_sinusoid", "k-shot-float", ["--k-shot", "2.5"], ["--k-shot", "invalid int value"]),
+        ("maml_sinusoid", "unknown-flag", ["--out", "runs/x"], ["unrecognized arguments"]),
+        ("quickstart", "epochs-not-int", ["--epochs", "x"], ["--epochs", "invalid int value"]),
+        ("quickstart", "lr-not-float", ["--lr", "x"], ["--lr", "invalid float value"]),
+        ("quickstart", "unknown-flag", ["--optimizer", "adam"], ["unrecognized arguments"]),
+        ("visualize_filters", "source-choice", ["--source", "tfds"], ["--source", "invalid choice"]),
+        ("visualize_filters", "index-not-int", ["--index", "first"], ["--index", "invalid int value"]),
+        ("visualize_filters", "epochs-not-int", ["--epochs", "x"], ["--epochs", "invalid int value"]),
+    ]
+]
+
+
 # =========================================================================== the tests
 ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
 
@@ -896,6 +993,8 @@ MIN_ROWS = {
     "surgery": 24,
     "io": 30,
     "interop": 20,
+    "experiment": 22,
+    "runner_flags": 46,
 }
 
 
