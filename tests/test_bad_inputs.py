@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import gzip
 import io
 import os
 import pathlib
 import tempfile
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -48,13 +50,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 KEY = jax.random.key(0)
 
 
-def row(id, call, exc, *fragments, silent=None, raw=None):
-    """One table row; ``silent=``/``raw=`` (a short description) mark a known gap (strict xfail)."""
-    marks = ()
+def row(id, call, exc, *fragments, silent=None, raw=None, slow=False):
+    """One table row; ``silent=``/``raw=`` (a short description) mark a known gap (strict xfail);
+    ``slow=True`` for a row that needs a finished run (a few seconds, once per session)."""
+    marks = [pytest.mark.slow] if slow else []
     if silent is not None:
-        marks = pytest.mark.xfail(strict=True, reason=f"SILENT: {silent}")
+        marks.append(pytest.mark.xfail(strict=True, reason=f"SILENT: {silent}"))
     elif raw is not None:
-        marks = pytest.mark.xfail(strict=True, reason=f"RAW: {raw}")
+        marks.append(pytest.mark.xfail(strict=True, reason=f"RAW: {raw}"))
     return pytest.param(call, exc, fragments, id=id, marks=marks)
 
 
@@ -997,7 +1000,33 @@ def _run(**kw):
     return E.run(model, opt, train, test, **args)
 
 
+@functools.cache
+def _finished_run() -> pathlib.Path:
+    """The ``--out`` of a finished one-epoch run of ``_NET`` (made once; a few seconds)."""
+    out = tmpdir() / "done"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        E.run(_NET, _SGD, _TRAIN, _TRAIN, out=out, epochs=1, batch_size=4, progress=False)
+    return out
+
+
+_OTHER_NET = L.Serial(L.Dense(5, name="fc1"), L.Dense(2, name="fc2"))
+
 SECTIONS["experiment"] = [
+    # ---- on a finished run (slow: one real run, made once)
+    row("run-again-without-resume", lambda: _run(out=_finished_run()), FundlError, "already holds checkpoints", "--resume", slow=True),
+    row("run-resume-other-settings", lambda: _run(out=_finished_run(), resume=True, config={"lr": 0.5}), FundlError, "--resume", "settings differ", "lr", slow=True),
+    row("load_checkpoint-no-such-epoch", lambda: E.load_checkpoint(_finished_run(), 99), FundlError, "no checkpoint of epoch 99", "have epochs [1]", slow=True),
+    row("load_checkpoint-other-optimizer", lambda: E.load_checkpoint(_finished_run(), optimizer=optax.adam(1e-3)), FundlError, "optimizer state", "was the run trained with this optimizer", slow=True),
+    row("load_checkpoint-optimizer-string", lambda: E.load_checkpoint(_finished_run(), optimizer="sgd"), ConfigError, "optimizer must be an optax GradientTransformation", slow=True),
+    row("export_checkpoint-no-such-epoch", lambda: E.export_checkpoint(_finished_run(), tmpdir() / "p.safetensors", epoch=99), FundlError, "no checkpoint of epoch 99", slow=True),
+    row("export_checkpoint-model-string", lambda: E.export_checkpoint(_finished_run(), tmpdir() / "p.safetensors", model="net"), ConfigError, "model must be a fundl Layer", slow=True),
+    row("export_checkpoint-missing-directory", lambda: E.export_checkpoint(_finished_run(), tmpdir() / "no" / "p.safetensors"), FileNotFoundError, "does not exist", slow=True),
+    row("export_checkpoint-other-model", lambda: E.export_checkpoint(_finished_run(), tmpdir() / "p.safetensors", model=_OTHER_NET), ShapeError, "fc1", slow=True,
+        silent="export_checkpoint(model=<another architecture>) writes the file, recording the wrong model's repr"),
+    row("run-init-from-missing-file", lambda: _run(init_from=tmpdir() / "none.safetensors"), FileNotFoundError, "no such file"),
+    row("run-init-from-garbage", lambda: _run(init_from=_file(b"garbage", "g.bin")), _IO.CorruptFileError, "g.bin", "8-byte header length"),
+    # ---- helpers and arguments
     row("make_optimizer-unknown", lambda: E.make_optimizer("adamw2", 0.1), ConfigError, "make_optimizer", "unknown optimizer name='adamw2'", "sgd"),
     row("make_optimizer-case", lambda: E.make_optimizer("SGD", 0.1), ConfigError, "unknown optimizer name='SGD'"),
     row("make_optimizer-weight-decay-negative", lambda: E.make_optimizer("sgd", 0.1, weight_decay=-1e-4), ConfigError, "weight_decay must be >= 0"),
@@ -1108,7 +1137,7 @@ MIN_ROWS = {
     "surgery": 27,
     "io": 35,
     "interop": 22,
-    "experiment": 28,
+    "experiment": 39,
     "runner_flags": 46,
 }
 
