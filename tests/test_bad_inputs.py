@@ -39,6 +39,7 @@ import pytest
 import fundl
 import fundl.autodiff as AD
 import fundl.data as D
+import fundl.distributed as DIST
 import fundl.experiment as E
 import fundl.functional as F
 import fundl.initializers as IN
@@ -394,7 +395,7 @@ SECTIONS["layers"] = [
     row("Dense-w_init-wrong-shape", lambda: init(L.Dense(3, w_init=lambda k, shape, dtype=jnp.float32: jnp.zeros((2, 2))), (2, 4)), ConfigError, "w_init returned shape (2, 2)", "(4, 3)"),
     row("Lambda-changes-shape", lambda: init(L.Lambda(lambda a: a[:, :2]), (2, 4)), ShapeError, "lambda", "fn must keep the input's shape", "Reshape"),
     row("layer-init-returns-dict", lambda: init(L.layer("mine", None, lambda k, shape: {"w": 1}, lambda p, a: a), (2, 4)), ConfigError, "'mine'", "init must return (output_shape, params)"),
-    row("stateful_layer-init-returns-pair", lambda: init(L.stateful_layer("st", None, lambda k, shape: (shape, {}), lambda p, a, *, state, train: a), (2, 4)), ConfigError, "'st'", "(output_shape, params, state)", "a tuple of 2"),
+    row("stateful_layer-init-returns-pair", lambda: init(L.stateful_layer("st", None, lambda k, shape: (shape, {}), lambda p, st, a, *, key, train: (a, st)), (2, 4)), ConfigError, "'st'", "(output_shape, params, state)", "a tuple of 2"),
     row("BasicBlock-init-flat-input", lambda: init(L.BasicBlock(8), (2, 4)), ShapeError, "basic_block/body/conv1", "rank 4"),
     row("Bottleneck-init-missing-batch", lambda: init(L.Bottleneck(4), (2, 4, 4)), ShapeError, "bottleneck/body/conv1", "x[None]"),
     row("Dense-w_init-wrong-signature", lambda: init(L.Dense(3, w_init=lambda: 0), (2, 4)), ConfigError, "w_init",
@@ -1202,6 +1203,34 @@ SECTIONS["runner_flags"] = [
 ]
 
 
+# =========================================================================== distributed
+_FUNDL_ENV = ("FUNDL_COORDINATOR", "FUNDL_NUM_PROCESSES", "FUNDL_PROCESS_ID")
+
+
+def _initialize(*args, **kw):
+    """``distributed.initialize`` with the FUNDL_* variables unset (every row fails validation
+    before ``jax.distributed.initialize`` is reached)."""
+    saved = {k: os.environ.pop(k) for k in _FUNDL_ENV if k in os.environ}
+    try:
+        return DIST.initialize(*args, **kw)
+    finally:
+        os.environ.update(saved)
+
+
+SECTIONS["distributed"] = [
+    row("initialize-only-coordinator", lambda: _initialize("localhost:1234"), ConfigError, "initialize", "give all of coordinator_address, num_processes, process_id", "missing ['num_processes', 'process_id']"),
+    row("initialize-only-counts", lambda: _initialize(None, 2, 0), ConfigError, "missing ['coordinator_address']"),
+    row("initialize-address-without-port", lambda: _initialize("localhost", 2, 0), ConfigError, "coordinator_address must be 'host:port'", "'localhost'"),
+    row("initialize-zero-processes", lambda: _initialize("localhost:1234", 0, 0), ConfigError, "need num_processes >= 1"),
+    row("initialize-process-id-too-big", lambda: _initialize("localhost:1234", 2, 2), ConfigError, "0 <= process_id < num_processes", "process_id=2"),
+    row("initialize-num-processes-string", lambda: _initialize("localhost:1234", "two", 0), ConfigError, "num_processes must be an int", "'two'"),
+    row("initialize-process-id-negative", lambda: _initialize("localhost:1234", 2, -1), ConfigError, "process_id must be >= 0"),
+    row("initialize-bad-cpu-collectives", lambda: _initialize(cpu_collectives="nccl"), ConfigError, "cpu_collectives must be 'gloo' or 'mpi'", "'nccl'"),
+    row("process_batches-x-y-lengths", lambda: next(DIST.process_batches(_XS, _YS[:3], 2)), ShapeError, "x and y must have the same length"),
+    row("process_batches-size-zero", lambda: next(DIST.process_batches(_XS, _YS, 0)), ConfigError, "batch_size must be >= 1"),
+]
+
+
 # =========================================================================== viz, initializers
 _double = lambda a: a * 2  # noqa: E731
 
@@ -1246,6 +1275,7 @@ MIN_ROWS = {
     "interop": 22,
     "experiment": 39,
     "runner_flags": 46,
+    "distributed": 10,
     "viz_initializers": 13,
 }
 
