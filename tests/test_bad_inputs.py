@@ -577,6 +577,8 @@ def _fit(train=(_XS, _YS), **kw):
     return T.fit(model, params, _NET_S, opt, train, **args)
 
 
+_DROP_NET = L.Serial(L.Dense(3, name="fc"), L.Dropout(0.5, name="d"))
+_DROP_P = {"fc": _DENSE_P}
 _BN_NET = L.Serial(L.Dense(3, name="fc1"), L.BatchNorm(name="bn"))
 _BN_NET_P = init(_BN_NET, (2, 4))[1]
 
@@ -670,6 +672,14 @@ SECTIONS["train"] = [
         silent="fit(drop_last='yes') counts as True (any truthy value)"),
     row("fit-progress-string", lambda: _fit(progress="no"), ConfigError, "progress",
         silent="fit(progress='no') shows the progress bar (any truthy value is True)"),
+    row("train_step-opt-state-of-adam", lambda: _step((_XS, _YS), opt_state=optax.adam(1e-3).init(_NET_P)), ConfigError, "opt_state does not have the structure optimizer.init gives", "9 leaves vs 0"),
+    row("train_step-state-of-another-model", lambda: T.make_train_step(_NET, _SGD, donate=False)(_NET_P, {"bn": {}}, _SGD.init(_NET_P), (_XS, _YS), KEY), ShapeError, "unexpected entry 'bn'"),
+    row("train_step-batch-not-divisible-by-accumulate", lambda: _step((_XS, _YS), accumulate=3), ConfigError, "divisible by", "accumulate (3)", "batch size 8"),
+    row("train_step-dropout-without-key", lambda: T.make_train_step(_DROP_NET, _SGD, donate=False)(_DROP_P, {}, _SGD.init(_DROP_P), (_XS, _YS), None), ConfigError, "serial/d", "needs a random key"),
+    row("train_step-frozen-int", lambda: _step((_XS, _YS), frozen=3), ConfigError, "frozen must be a path pattern or a sequence of them"),
+    row("evaluate-float-labels-1d", lambda: _evaluate((_XS, np.zeros(8, np.float32))), ShapeError, "float class probabilities", "integer array of shape (8,)"),
+    row("evaluate-data-dict", lambda: _evaluate({"x": _XS, "y": _YS}), ShapeError, "evaluate: data must be a pair of arrays (x, y)", "dict"),
+    row("fit-x-1d", lambda: _fit(train=(np.ones(8, np.float32), _YS)), ShapeError, "serial/fc1", "rank >= 2"),
     # ---- parameter labels, hyper-parameters
     row("param_labels-rules-not-mapping", lambda: T.param_labels(_NET_P, 3), ConfigError, "param_labels: rules must be a dict"),
     row("param_labels-no-rule-matches", lambda: T.param_labels(_NET_P, {"fc1/*": "a"}), ConfigError, "no rule matches parameter", "fc2"),
@@ -1267,7 +1277,7 @@ MIN_ROWS = {
     "combinators": 44,
     "models": 54,
     "summary": 11,
-    "train": 76,
+    "train": 84,
     "data": 69,
     "autodiff": 52,
     "surgery": 29,
