@@ -64,3 +64,36 @@ def check_float_input(x, where: str, what: str = "input x") -> None:
     raise DataError(f"{where}: {what} has dtype {np.dtype(dtype).name}, but {where.split(' ')[0]} "
                     "computes in floating point (integers would enter unscaled, e.g. pixels "
                     f"0..255, or wrap around in integer arithmetic); {fix}")
+
+
+def check_bool(value, arg: str, where: str) -> bool:
+    """``value`` when it is a ``bool`` (NumPy's included); the one check of on/off arguments,
+    so that ``shuffle='no'`` is not taken as ``True``.
+
+    Raises:
+      ConfigError: naming ``where`` and ``arg``, for anything else (a string, an int, None).
+
+    Example:
+      >>> check_bool(True, "shuffle", "fit")
+      True
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(f"{where}: {arg} must be True or False; got {type(value).__name__} "
+                      f"{value!r}"[:200])
+
+
+def check_callable(value, arg: str, where: str, form: str, *, optional: bool = False) -> None:
+    """Refuse a non-callable where a function is expected, when it is passed, not at its
+    first call (``optional``: ``None`` passes).
+
+    Args:
+      form: the expected signature for the message, e.g. ``'loss_fn(logits, y) -> scalar'``.
+
+    Raises:
+      ConfigError: naming ``where``, ``arg``, what was received and ``form``.
+    """
+    if (optional and value is None) or callable(value):
+        return
+    raise ConfigError(f"{where}: {arg} must be a function {form}; got {type(value).__name__} "
+                      f"{value!r}"[:200])
