@@ -309,9 +309,13 @@ def _one_device_step(body, accumulate, donate, where, checks=False):
     donate_argnums = (0, 1, 2) if donate else ()
     if not checks:
         jitted = jax.jit(step, donate_argnums=donate_argnums)
-        # The key is normalised on the host: a string would fail in jit's argument handling.
-        return functools.wraps(step)(lambda params, state, opt_state, batch, key: jitted(
-            params, state, opt_state, batch, _keys.as_optional_key(key, "train step")))
+
+        def keyed_step(params, state, opt_state, batch, key):
+            # The key is normalised on the host: a string would fail in jit's argument handling.
+            return jitted(params, state, opt_state, batch, _keys.as_optional_key(key, "train step"))
+
+        keyed_step.lower = jitted.lower  # still inspectable as a jax.jit function
+        return keyed_step
     from jax.experimental import checkify
 
     checked = jax.jit(checkify.checkify(step, errors=checkify.user_checks),

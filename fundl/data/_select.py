@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._errors import ConfigError, ShapeError
+from .._errors import ConfigError, DataError, ShapeError
 
 
 def parse_classes(spec: str | Sequence[int], where: str = "classes") -> tuple[int, ...]:
@@ -55,6 +55,11 @@ def select_classes(x, y, classes, *, limit: int | None = None):
     Returns:
       ``(x_sel [M, ...], y_sel [M] int32)`` NumPy arrays.
 
+    Raises:
+      ShapeError: bad shapes, non-integer labels, or no example of any of ``classes``.
+      DataError: some of ``classes`` have no example (the absent labels are named).
+      ConfigError: a bad ``classes`` spec or ``limit``.
+
     Example:
       >>> import numpy as np
       >>> x, y = np.arange(6)[:, None], np.array([3, 5, 9, 5, 1, 7])
@@ -75,6 +80,12 @@ def select_classes(x, y, classes, *, limit: int | None = None):
     if not keep.any():
         raise ShapeError(f"select_classes: no example has a label in {list(classes)}; the labels "
                          f"present are {sorted(set(y.tolist()))[:20]}")
+    absent = sorted(set(classes) - set(np.unique(y[keep]).tolist()))
+    if absent:
+        raise DataError(f"select_classes: no example has label(s) {absent} of classes="
+                        f"{list(classes)}; they would still be numbered (a model output no "
+                        f"example trains). Labels present: {sorted(set(y.tolist()))[:20]}; "
+                        "drop the absent ones from classes")
     lookup = np.full(max(classes) + 1, -1, np.int32)
     lookup[list(classes)] = np.arange(len(classes), dtype=np.int32)
     xs, ys = x[keep][:limit], lookup[y[keep]][:limit]
