@@ -25,8 +25,11 @@ import functools
 import gzip
 import importlib.util
 import io
+import json
 import os
 import pathlib
+import shutil
+import socket
 import tempfile
 import warnings
 
@@ -1235,6 +1238,158 @@ SECTIONS["viz_initializers"] = [
 ]
 
 
+# =========================================================================== issue 13: labels, non-finite, flags, integer inputs, keys, calls
+# The checks of issue 13 ("nothing silent") through the public API: a tiny classifier with 10
+# outputs on 4x4x1 images; runs go to fresh temporary directories.
+_TINY = L.Serial(L.Flatten(), L.Dense(10, name="fc"))
+_TINY_P = init(_TINY, (2, 4, 4, 1))[1]
+_IMG_U8, _IMG_F = np.zeros((8, 4, 4, 1), np.uint8), np.ones((8, 4, 4, 1), np.float32)
+_Y10 = np.arange(8, dtype=np.int32)
+
+
+def _y_with(value) -> np.ndarray:
+    """``_Y10`` with the label at index 3 replaced by ``value``."""
+    y = _Y10.copy()
+    y[3] = value
+    return y
+
+
+def _x_with(value, index=(2, 1, 1, 0)) -> np.ndarray:
+    """``_IMG_F`` holding ``value`` (NaN, Inf) at ``index``."""
+    x = _IMG_F.copy()
+    x[index] = value
+    return x
+
+
+def _tfit(x=_IMG_F, y=_Y10, **kw):
+    """``fit`` of ``_TINY`` on ``(x, y)`` for one epoch, quiet; ``kw`` overrides."""
+    args = dict(epochs=1, batch_size=4, key=KEY, progress=False)
+    args.update(kw)
+    return T.fit(_TINY, _TINY_P, {}, args.pop("optimizer", _SGD), (x, y), **args)
+
+
+def _teval(x=_IMG_F, y=_Y10, **kw):
+    return T.evaluate(_TINY, _TINY_P, {}, (x, y), **kw)
+
+
+def _trun(x=_IMG_F, y=_Y10, **kw):
+    """``experiment.run`` of ``_TINY`` on ``(x, y)`` (train and test) into a fresh directory."""
+    args = dict(out=tmpdir() / "run", epochs=1, batch_size=4, progress=False)
+    args.update(kw)
+    return E.run(_TINY, _SGD, (x, y), (x, y), **args)
+
+
+def _locked_run():
+    """``run`` into a directory whose ``.lock`` names this (live) process."""
+    out = tmpdir()
+    (out / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                           "started": "2026-01-01T00:00:00+00:00"}) + "\n")
+    return _run(out=out)
+
+
+def _corrupt_copy() -> pathlib.Path:
+    """A copy of ``_finished_run()`` with every checkpoint file overwritten with garbage."""
+    out = tmpdir() / "corrupt"
+    shutil.copytree(_finished_run(), out)
+    for f in (out / "checkpoints").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    return out
+
+
+def _bad_metrics() -> pathlib.Path:
+    path = tmpdir() / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2\n{"epoch": 3}\n')
+    return path
+
+
+def _flags(*argv):
+    """``experiments/mnist.py``'s parse_args on ``argv`` (argparse's exit -> ArgparseExit)."""
+    return parse("mnist", *argv)
+
+
+_EXISTING_FILE = __file__
+_SEQ_DENSE = L.Serial(L.Dense(3, name="fc"))
+_SEQ_BN = L.Serial(L.BatchNorm(name="bn"))
+_SEQ_POOL = L.Serial(L.AvgPool(2, name="pool"))
+_SEQ_CONV = L.Serial(L.Conv(2, 3, name="conv"))
+_OUT_OF_RANGE = "outside the valid range [0, 10)"
+
+
+def _bn_int():
+    """A BatchNorm applied (training mode) to uint8 input."""
+    _, p, s = _SEQ_BN.init_with_state(KEY, (2, 4))
+    return _SEQ_BN.apply(p, np.ones((2, 4), np.uint8), state=s)
+
+
+
+SECTIONS["issue13"] = [
+    # ---- labels against the model's 10 outputs
+    row("i13-fit-label-minus-one", lambda: _tfit(y=_y_with(-1)), DataError, "fit: train_data has label -1 at index 3", _OUT_OF_RANGE, "drop those rows"),
+    row("i13-fit-label-C", lambda: _tfit(y=_y_with(10)), DataError, "fit: train_data has label 10 at index 3", "give the model 11 outputs"),
+    row("i13-fit-label-C-plus-5", lambda: _tfit(y=_y_with(15)), DataError, "label 15 at index 3", _OUT_OF_RANGE),
+    row("i13-fit-float-labels", lambda: _tfit(y=_Y10.astype(np.float32)), DataError, "fit: train_data labels y must be integer class indices", "float32", "y.astype(np.int32)"),
+    row("i13-fit-eval-data-label-C", lambda: _tfit(eval_data=(_IMG_F, _y_with(10))), DataError, "fit: eval_data has label 10"),
+    row("i13-evaluate-label-minus-one", lambda: _teval(y=_y_with(-1)), DataError, "evaluate: data has label -1 at index 3"),
+    row("i13-evaluate-label-C", lambda: _teval(y=_y_with(10)), DataError, "evaluate: data has label 10", _OUT_OF_RANGE),
+    row("i13-evaluate-float-labels", lambda: _teval(y=_Y10.astype(np.float64)), DataError, "evaluate: data labels y must be integer class indices", "float64"),
+    row("i13-run-label-C", lambda: _trun(y=_y_with(10)), DataError, "run: train has label 10 at index 3"),
+    row("i13-run-label-minus-one", lambda: _trun(y=_y_with(-1)), DataError, "run: train has label -1"),
+    row("i13-run-float-labels", lambda: _trun(y=_Y10.astype(np.float32)), DataError, "run: train labels y must be integer class indices"),
+    row("i13-cross_entropy-eager-label-C", lambda: F.cross_entropy(jnp.zeros((4, 10)), jnp.array([0, 1, 2, 10])), DataError, "cross_entropy: target class index 10 at index (3,)", "outside [0, 10)"),
+    row("i13-cross_entropy-eager-label-minus-one", lambda: F.cross_entropy(jnp.zeros((4, 10)), jnp.array([0, 1, 2, -1])), DataError, "cross_entropy: target class index -1"),
+    # ---- NaN / Inf in the data, on_nonfinite, checks
+    row("i13-fit-nan-x", lambda: _tfit(x=_x_with(np.nan)), DataError, "fit: train_data x holds nan at index (2, 1, 1, 0)", "allow_nonfinite=True"),
+    row("i13-fit-inf-x", lambda: _tfit(x=_x_with(np.inf, (5, 0, 0, 0))), DataError, "fit: train_data x holds inf at index (5, 0, 0, 0)"),
+    row("i13-evaluate-inf-x", lambda: _teval(x=_x_with(np.inf, (5, 0, 0, 0))), DataError, "evaluate: data x holds inf"),
+    row("i13-standardizer-nan", lambda: D.standardizer(_x_with(np.nan)), DataError, "standardizer: x_train holds nan at index (2, 1, 1, 0)"),
+    row("i13-run-nan-x", lambda: _trun(x=_x_with(np.nan)), DataError, "run: train x holds nan"),
+    row("i13-fit-on-nonfinite-bogus", lambda: _tfit(on_nonfinite="bogus"), ConfigError, "fit: on_nonfinite must be one of ['stop', 'raise', 'skip']", "'bogus'"),
+    row("i13-train_step-checks-string", lambda: T.make_train_step(_TINY, _SGD, checks="yes"), ConfigError, "make_train_step: checks must be True or False", "'yes'"),
+    row("i13-fit-allow-nonfinite-string", lambda: _tfit(allow_nonfinite="yes"), ConfigError, "fit: allow_nonfinite must be True or False"),
+    # ---- runner flag values (experiments/mnist.py; every runner shares add_training_flags)
+    row("i13-flag-lr-zero", lambda: _flags("--lr", "0"), _ARG, "--lr", "expected a finite number > 0", "got 0.0"),
+    row("i13-flag-lr-negative", lambda: _flags("--lr", "-1"), _ARG, "--lr", "expected a finite number > 0", "got -1.0"),
+    row("i13-flag-lr-nan", lambda: _flags("--lr", "nan"), _ARG, "--lr", "'nan'", "not finite"),
+    row("i13-flag-lr-inf", lambda: _flags("--lr", "inf"), _ARG, "--lr", "'inf'", "not finite"),
+    row("i13-flag-momentum-negative", lambda: _flags("--momentum", "-1"), _ARG, "--momentum", "expected a momentum in [0, 1)"),
+    row("i13-flag-momentum-one", lambda: _flags("--momentum", "1"), _ARG, "--momentum", "in [0, 1)", "got 1.0"),
+    row("i13-flag-batch-size-zero", lambda: _flags("--batch-size", "0"), _ARG, "--batch-size", "expected an integer >= 1", "got 0"),
+    row("i13-flag-limit-train-negative", lambda: _flags("--limit-train", "-100"), _ARG, "--limit-train", "expected an integer >= 1", "got -100"),
+    row("i13-flag-epochs-negative", lambda: _flags("--epochs", "-1"), _ARG, "--epochs", "expected an integer >= 0", "got -1"),
+    row("i13-flag-weight-decay-negative", lambda: _flags("--weight-decay", "-0.1"), _ARG, "--weight-decay", "expected a finite number >= 0"),
+    row("i13-flag-stop-after-past-epochs", lambda: _flags("--epochs", "2", "--stop-after", "5"), _ARG, "--stop-after", "5 is after the last epoch", "--epochs 2"),
+    row("i13-flag-out-existing-file", lambda: _flags("--out", _EXISTING_FILE), _ARG, "--out", "is an existing file, not a directory"),
+    row("i13-flag-init-from-missing", lambda: _flags("--init-from", str(tmpdir() / "none.safetensors")), _ARG, "--init-from", "does not exist", "give an existing file"),
+    row("i13-flag-synthetic-zero", lambda: _flags("--synthetic", "0"), _ARG, "--synthetic", "expected an integer >= 1"),
+    # ---- integer inputs where float computation starts
+    row("i13-conv-uint8-images", lambda: _SEQ_CONV.apply(init(_SEQ_CONV, (1, 4, 4, 1))[1], _IMG_U8), DataError, "Conv 'serial/conv'", "dtype uint8", "x.astype(np.float32) / 255"),
+    row("i13-dense-int-input", lambda: _SEQ_DENSE.apply(init(_SEQ_DENSE, (1, 4))[1], np.ones((2, 4), np.int32)), DataError, "serial/fc", "dtype int32"),
+    row("i13-batchnorm-uint8-input", lambda: _bn_int(), DataError, "serial/bn", "dtype uint8"),
+    row("i13-avgpool-uint8-images", lambda: _SEQ_POOL.apply({}, _IMG_U8), DataError, "serial/pool", "dtype uint8"),
+    row("i13-F-conv-uint8", lambda: F.conv(_IMG_U8, jnp.ones((3, 3, 1, 2))), DataError, "conv: x has dtype uint8", "convert it first"),
+    row("i13-fit-uint8-images", lambda: _tfit(x=_IMG_U8), DataError, "dtype uint8"),
+    # ---- random keys
+    row("i13-init-key-string", lambda: _TINY.init("seed", (2, 4, 4, 1)), ConfigError, "init: key must be a jax.random.key(seed)", "got str 'seed'"),
+    row("i13-init-key-float", lambda: _TINY.init(0.5, (2, 4, 4, 1)), ConfigError, "key must be a jax.random.key", "got float 0.5"),
+    row("i13-init-key-array-3", lambda: _TINY.init(jax.random.split(KEY, 3), (2, 4, 4, 1)), ConfigError, "a key array of shape (3,)", "one key is needed"),
+    row("i13-fit-key-float", lambda: _tfit(key=0.5), ConfigError, "fit: key must be a jax.random.key", "got float 0.5"),
+    row("i13-fit-key-array-3", lambda: _tfit(key=jax.random.split(KEY, 3)), ConfigError, "fit: key must be", "shape (3,)"),
+    row("i13-dropout-key-string", lambda: F.dropout(_IMG_F, 0.5, key="k"), ConfigError, "dropout", "key must be a jax.random.key", "got str 'k'"),
+    row("i13-dropout-key-float", lambda: F.dropout(_IMG_F, 0.5, key=1.5), ConfigError, "dropout", "got float 1.5"),
+    row("i13-train_step-key-string", lambda: T.make_train_step(_TINY, _SGD, donate=False)(_TINY_P, {}, _SGD.init(_TINY_P), (_IMG_F, _Y10), "x"), ConfigError, "train step: key must be a jax.random.key", "got str 'x'"),
+    # ---- calls: a layer called, an optimizer name, a per-example loss
+    row("i13-layer-called", lambda: _TINY(_IMG_F), TypeError, "fundl layers are not callable", "use layer.apply"),
+    row("i13-fit-optimizer-name", lambda: _tfit(optimizer="adam"), ConfigError, "fit: optimizer must be an optax GradientTransformation", "optax.adam(1e-3)"),
+    row("i13-fit-per-example-loss", lambda: _tfit(loss_fn=lambda lo, y: F.cross_entropy(lo, y, reduction="none")), ConfigError, "loss_fn must return a scalar", "shape (4,)"),
+    # ---- run directories, checkpoints and metrics
+    row("i13-run-locked-directory", _locked_run, DirectoryInUseError, "is in use by another runner", f"PID {os.getpid()}"),
+    row("i13-run-resume-all-checkpoints-corrupt", lambda: _run(out=_corrupt_copy(), resume=True), CheckpointError, "checkpoint", slow=True),
+    row("i13-load_checkpoint-corrupt", lambda: E.load_checkpoint(_corrupt_copy()), CheckpointError, "checkpoint", slow=True),
+    row("i13-read_metrics-bad-middle-line", lambda: E.read_metrics(_bad_metrics()), _IO.CorruptFileError, "read_metrics: line 2", "is not a JSON record"),
+]
+
+
 # =========================================================================== the tests
 ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
 
@@ -1255,6 +1410,7 @@ MIN_ROWS = {
     "runner_flags": 46,
     "distributed": 10,
     "viz_initializers": 13,
+    "issue13": 56,
 }
 
 
@@ -1262,10 +1418,11 @@ MIN_ROWS = {
 def test_bad_input(call, exc, fragments):
     """The bad call raises ``exc`` and the message holds every fragment.
 
-    ``exc`` is a fundl error, argparse's refusal, or an ``OSError`` subclass (``FileNotFoundError``,
-    ``IsADirectoryError``) for a path that is missing or of the wrong kind, as ``open`` does.
+    ``exc`` is a fundl error, argparse's refusal, an ``OSError`` subclass (``FileNotFoundError``,
+    ``IsADirectoryError``) for a path that is missing or of the wrong kind, as ``open`` does, or
+    ``TypeError`` for a layer called like a function (Python's error for a wrong call).
     """
-    assert issubclass(exc, (FundlError, ArgparseExit, OSError)), exc
+    assert issubclass(exc, (FundlError, ArgparseExit, OSError, TypeError)), exc
     with pytest.raises(exc) as info:
         call()
     message = info.value.stderr if isinstance(info.value, ArgparseExit) else str(info.value)
