@@ -1384,8 +1384,8 @@ SECTIONS["issue13"] = [
     row("i13-fit-per-example-loss", lambda: _tfit(loss_fn=lambda lo, y: F.cross_entropy(lo, y, reduction="none")), ConfigError, "loss_fn must return a scalar", "shape (4,)"),
     # ---- run directories, checkpoints and metrics
     row("i13-run-locked-directory", _locked_run, DirectoryInUseError, "is in use by another runner", f"PID {os.getpid()}"),
-    row("i13-run-resume-all-checkpoints-corrupt", lambda: _run(out=_corrupt_copy(), resume=True), CheckpointError, "checkpoint", slow=True),
-    row("i13-load_checkpoint-corrupt", lambda: E.load_checkpoint(_corrupt_copy()), CheckpointError, "checkpoint", slow=True),
+    row("i13-run-resume-all-checkpoints-corrupt", lambda: _run(out=_corrupt_copy(), resume=True), CheckpointError, "run: --resume: no usable checkpoint", "epoch 1", "restore a backup", slow=True),
+    row("i13-load_checkpoint-corrupt", lambda: E.load_checkpoint(_corrupt_copy()), CheckpointError, "load_checkpoint: no usable checkpoint", "epoch 1", slow=True),
     row("i13-read_metrics-bad-middle-line", lambda: E.read_metrics(_bad_metrics()), _IO.CorruptFileError, "read_metrics: line 2", "is not a JSON record"),
 ]
 
