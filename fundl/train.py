@@ -203,7 +203,8 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state,
       metrics)`` where ``batch = (x, y)``, ``x: [N, ...]`` host (NumPy) or device
       arrays; ``state`` is ``{}`` for models without batch norm; ``key`` feeds
-      dropout and may be ``None`` for models without it. ``metrics`` is a dict
+      dropout and may be ``None`` for models without it (a key of another form, e.g. a
+      string, is a ConfigError before the step runs). ``metrics`` is a dict
       of scalar arrays: ``'loss'``, plus ``'accuracy'`` when ``y: [N]`` holds
       integer labels and ``logits: [N, C]``. Reading a metric
       (``float(m['loss'])``) waits for the device: read them every few steps,
@@ -211,6 +212,9 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
       state the step expects (``optimizer.init(params)`` unless ``frozen``);
       an ``opt_state`` of another structure is a ConfigError when the step is
       traced. ``params`` and ``state`` are checked against the model there too.
+      A non-bool ``donate``/``checks``/``skip_nonfinite``, a non-callable
+      ``loss_fn`` or ``metrics`` other than a ``{name: function}`` dict are a
+      ConfigError here, when the step is built.
 
       Data-parallel forms:
 
@@ -419,6 +423,7 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
         number of outputs; the loss's ``ignore_index`` is allowed), float labels
         ``[N]`` for a class-index loss, or NaN/Inf in float ``x``/``y`` (unless
         ``allow_nonfinite``). The message names the first bad value and its index.
+      ConfigError: a ``transform`` or ``loss_fn`` that is not callable, a bad ``batch_size``.
     """
     x, y = _check_data(data, "evaluate", "data")
     _check_batch_size(batch_size, "evaluate")
@@ -545,6 +550,10 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
         labels ``[N]`` for a class-index loss, or NaN/Inf in float data (unless
         ``allow_nonfinite``), in ``train_data`` or ``eval_data``; the message
         names the first bad value and its index.
+      ConfigError: before training, a bad count (``epochs``, ``batch_size``,
+        ``log_every``), a non-bool ``shuffle``/``progress``/``drop_last`` (``'no'`` is not
+        False), a ``callback`` or ``loss_fn`` that is not callable, a bad ``optimizer``,
+        ``key`` or ``on_nonfinite``.
       NonFiniteError: with ``on_nonfinite='raise'``, see above.
     """
     from tqdm.auto import tqdm  # imported here: only the epoch lines need it
