@@ -1128,7 +1128,7 @@ SECTIONS["experiment"] = [
 
 
 # =========================================================================== runner flags
-# Only what argparse itself refuses (choices, types, unknown flags); value ranges come later.
+# Only what argparse itself refuses (choices, types, unknown flags); value ranges: section issue13.
 _ARG = ArgparseExit
 
 SECTIONS["runner_flags"] = [
