@@ -329,7 +329,7 @@ def _optax_target(optimizer, target, dev, path):
 
 
 def export_checkpoint(out, path, epoch: int | None = None, *, model: Layer | None = None,
-                      metadata: Mapping[str, str] | None = None) -> int:
+                      input_shape=None, metadata: Mapping[str, str] | None = None) -> int:
     """Write a checkpoint's params and state to a fundl.io file (for ``--init-from``, sharing).
 
     Args:
@@ -337,6 +337,11 @@ def export_checkpoint(out, path, epoch: int | None = None, *, model: Layer | Non
       path: the ``.safetensors`` file to write (atomically, :func:`fundl.io.save`).
       epoch: which epoch's checkpoint; ``None`` for the latest.
       model: the run's model, to record its ``repr`` (the checkpoint does not know it).
+      input_shape: with ``model``, the input shape (batch included, e.g. ``(1, 28, 28, 1)``):
+        the params and state are then checked against ``model`` before anything is
+        written, as ``fundl.io.load(model=, input_shape=)`` does. Without it, ``model``
+        is only recorded (the checkpoint cannot tell the input shape): a model of another
+        architecture goes unnoticed until the file is loaded with a model.
       metadata: extra ``{str: str}`` entries; ``epoch`` and, when ``out/config.json``
         exists, ``config`` (its text) are recorded anyway.
 
@@ -346,13 +351,25 @@ def export_checkpoint(out, path, epoch: int | None = None, *, model: Layer | Non
     Raises:
       ConfigError: no such checkpoint (as :func:`load_checkpoint`).
       CheckpointError: it fails verification (as :func:`load_checkpoint`).
+      ShapeError: with ``model`` and ``input_shape``, the checkpoint's params or state do
+        not fit ``model`` (every mismatch named by layer path).
 
     Example (after ``python experiments/mnist.py --out runs/mnist``)::
 
         epoch = export_checkpoint("runs/mnist", "mnist.safetensors")
         params, state = fundl.io.load("mnist.safetensors")
     """
+    if model is not None and not isinstance(model, Layer):
+        raise ConfigError(f"export_checkpoint: model must be a fundl Layer (or None); got "
+                          f"{type(model).__name__}")
+    if input_shape is not None and model is None:
+        raise ConfigError("export_checkpoint: input_shape= is only used with model=; pass the "
+                          "model too")
     epoch, tree = load_checkpoint(out, epoch)
+    if input_shape is not None:
+        _io._check_fit(model, tree["params"], tree.get("state") or {}, input_shape,
+                       f"read from {out}'s checkpoint of epoch {epoch} by export_checkpoint",
+                       {})
     meta = {"epoch": str(epoch)}
     config = pathlib.Path(out) / "config.json"
     if config.is_file():

@@ -31,11 +31,15 @@ def make_schedule(name: str, lr: float, *, epochs: int, steps_per_epoch: int,
       lr: the initial learning rate.
       epochs: total epochs of the run.
       steps_per_epoch: optimizer steps per epoch.
-      milestones: fractions of ``epochs`` for ``'step'``.
-      gamma: the factor for ``'step'``.
+      milestones: fractions of ``epochs`` for ``'step'``, each in ``(0, 1)``.
+      gamma: the factor for ``'step'``, a finite number > 0.
 
     Returns:
       A float (``'constant'``) or an Optax schedule ``step -> lr``.
+
+    Raises:
+      ConfigError: an unknown ``name``, a learning rate not finite and > 0, or for
+        ``'step'`` a ``gamma`` not finite and > 0 or a milestone outside ``(0, 1)``.
 
     Example:
       >>> s = make_schedule("step", 0.1, epochs=4, steps_per_epoch=10)
@@ -47,12 +51,30 @@ def make_schedule(name: str, lr: float, *, epochs: int, steps_per_epoch: int,
     _check_lr(lr, "make_schedule")
     if name == "constant":
         return lr
+    if name == "step":
+        _check_step_schedule(milestones, gamma)
     total = max(1, epochs * steps_per_epoch)
     if name == "cosine":
         return optax.cosine_decay_schedule(init_value=lr, decay_steps=total)
     # Milestone epochs are floored (0.75 * 10 -> epoch 7), as int() would in a PyTorch script.
     bounds = sorted({math.floor(f * epochs) * steps_per_epoch for f in milestones} - {0})
     return optax.piecewise_constant_schedule(lr, {b: gamma for b in bounds})
+
+
+def _check_step_schedule(milestones, gamma) -> None:
+    """``'step'``'s milestones must be fractions in (0, 1) and ``gamma`` a finite number > 0."""
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not 0 < gamma < math.inf:
+        raise ConfigError(f"make_schedule: gamma (the factor at each milestone) must be a finite "
+                          f"number > 0, e.g. 0.1; got gamma={gamma!r}")
+    try:
+        bad = [f for f in milestones if isinstance(f, bool) or not isinstance(f, numbers.Real)
+               or not 0 < f < 1]
+    except TypeError:
+        bad = [milestones]
+    if bad:
+        raise ConfigError(f"make_schedule: milestones must be fractions of the training in (0, 1), "
+                          f"e.g. (0.5, 0.75); got milestones={milestones!r} (bad: {bad!r}): a "
+                          "milestone at or past the end never decays the rate")
 
 
 def _check_lr(lr, where: str) -> None:

@@ -43,6 +43,10 @@ def trainable(params, frozen):
       A tree of the same structure; feed it to ``optimizer.init`` for a step
       built with ``make_train_step(..., frozen=frozen)``.
 
+    Raises:
+      ConfigError: for a pattern matching no parameter (a typo would freeze nothing), as
+        ``fit(frozen=...)`` does.
+
     Example:
       >>> import jax.numpy as jnp
       >>> p = {'backbone': {'w': jnp.ones(2)}, 'head': {'w': jnp.ones(3)}}
@@ -50,6 +54,12 @@ def trainable(params, frozen):
       {'backbone': {'w': None}, 'head': {'w': Array([1., 1., 1.], dtype=float32)}}
     """
     pats = patterns(frozen, "trainable")
+    check_matches(params, pats, "trainable")
+    return mask(params, pats)
+
+
+def mask(params, pats: tuple[str, ...]):
+    """:func:`trainable` for checked patterns (the steps check them, naming themselves)."""
     return jax.tree_util.tree_map_with_path(
         lambda kp, a: None if any_match(_path(kp), pats) else a, params)
 

@@ -23,6 +23,7 @@ from . import _datacheck, _freeze
 from ._argcheck import check_scalar_loss
 from ._precision import Policy, all_finite, cast_floating
 from ._errors import ConfigError, ShapeError
+from ._keys import as_optional_key
 from ._norm import batch_stats_mode
 
 DATA_AXIS = "data"
@@ -68,9 +69,9 @@ def make_body(model, optimizer, loss_fn, extra, accumulate, grad_axis=None, prec
         state_in = state
         if prec != Policy():
             params = cast_floating(params, prec.param_dtype)
-        tp = _freeze.trainable(params, frozen) if frozen else params
         if frozen:
             _freeze.check_matches(params, frozen, where)
+        tp = _freeze.mask(params, frozen) if frozen else params
         _freeze.check_opt_state(optimizer, opt_state, tp, frozen, where)
         if accumulate == 1:
             grads, state, metrics = grads_and_metrics(tp, params, state, x, y, key)
@@ -242,6 +243,7 @@ def make_sharded_step(body, devices, accumulate, sync, donate, where):
                      donate_argnums=(0, 1, 2) if donate else ())
 
     def step(params, state, opt_state, batch, key):
+        key = as_optional_key(key, "train step")
         x, y = split_batch(batch, "train step")
         n_local = np.shape(x)[0]
         if np.shape(y)[0] != n_local:
@@ -287,6 +289,7 @@ def make_pmap_step(body, devices, accumulate, sync, donate, where):
                        donate_argnums=(0, 1, 2) if donate else ())
 
     def step(params, state, opt_state, batch, key):
+        key = as_optional_key(key, "train step")
         x, y = split_batch(batch, "train step")
         n = np.shape(x)[0]
         if np.shape(y)[0] != n:
@@ -339,9 +342,20 @@ def replicate(tree, devices=None):
 def unreplicate(tree):
     """The first device's copy of a replicated tree: ``[D, ...] -> [...]``.
 
+    Raises:
+      ShapeError: when the leaves do not share one leading (device) axis: a 0-d leaf, or
+        leading sizes that differ (e.g. a plain ``{'w': [4, 3], 'b': [3]}``, whose ``[0]``
+        would silently drop a row of ``w`` and turn ``b`` into a scalar). A plain tree whose
+        leaves all happen to share a leading size cannot be told apart and passes.
+
     Example:
       >>> import jax.numpy as jnp
       >>> unreplicate({'w': jnp.ones((2, 3))})['w'].shape
       (3,)
     """
+    lead = {(np.shape(a) or (None,))[0] for a in jax.tree.leaves(tree)}
+    if len(lead) > 1 or None in lead:
+        raise ShapeError("unreplicate: tree must be replicated, every leaf with the same leading "
+                         f"device axis [D, ...]; got leading sizes {sorted(lead, key=str)} (None: "
+                         "a 0-d leaf). Unreplicate only what replicate() or the pmap step returned")
     return jax.tree.map(lambda a: a[0], tree)

@@ -61,9 +61,15 @@ def policy(spec) -> Policy:
         return Policy()
     if isinstance(spec, Policy):
         for field in ("param_dtype", "compute_dtype", "output_dtype"):
-            if not jnp.issubdtype(jnp.dtype(getattr(spec, field)), jnp.floating):
-                raise ConfigError(f"precision: {field} must be a floating dtype; got "
-                                  f"{getattr(spec, field)!r}")
+            value = getattr(spec, field)
+            try:
+                dtype = jnp.dtype(value)
+            except TypeError:
+                raise ConfigError(f"precision: {field} must be a floating dtype (jnp.float32, "
+                                  f"jnp.bfloat16, jnp.float16 or their names); got {value!r}, "
+                                  "not a dtype") from None
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise ConfigError(f"precision: {field} must be a floating dtype; got {value!r}")
         if not spec.loss_scale > 0:
             raise ConfigError(f"precision: loss_scale must be > 0; got {spec.loss_scale!r}")
         return spec

@@ -102,9 +102,17 @@ def load_splits(name: str, *, image_shape: tuple[int, int, int], data_dir=None, 
 
     Returns:
       ``(train, test, description)`` with ``train = (x uint8 [N, H, W, C], y int32 [N])``.
+
+    Raises:
+      ConfigError: ``synthetic``, ``limit_train`` or ``limit_test`` given but not an int >= 1
+        (a negative limit would silently drop examples from the end).
     """
     from .data import load
 
+    for arg, value, minimum in (("synthetic", synthetic, 1), ("limit_train", limit_train, 1),
+                                ("limit_test", limit_test, 1)):
+        if value is not None:
+            _check_count(value, arg, "load_splits", minimum)
     if synthetic is not None:
         rng = np.random.default_rng(seed)
 
@@ -123,6 +131,11 @@ def load_splits(name: str, *, image_shape: tuple[int, int, int], data_dir=None, 
 # -- the loop ----------------------------------------------------------------------
 
 def _check_arrays(name, data):
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ShapeError(f"run: {name} must be non-empty (x, y) arrays of one length: a pair of "
+                         f"examples and labels; got {type(data).__name__}"
+                         + (f" of shape {tuple(data.shape)}" if hasattr(data, "shape") else "")
+                         + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
     x, y = data
     if len(x) != len(y) or len(x) == 0:
         raise ShapeError(f"run: {name} must be non-empty (x, y) arrays of one length; "
@@ -605,6 +618,18 @@ def _process_local_to_global(sharding, transform):
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Optimizer steps per epoch for ``n`` examples (the last partial batch is dropped)."""
+    """Optimizer steps per epoch for ``n`` examples (the last partial batch is dropped).
+
+    Raises:
+      ConfigError: ``n`` not an int >= 0 or ``batch_size`` not an int >= 1.
+    """
+    _check_count(n, "n", "steps_per_epoch", 0)
+    _check_count(batch_size, "batch_size", "steps_per_epoch", 1)
     return max(1, n // batch_size)
+
+
+def _check_count(value, arg: str, where: str, minimum: int) -> None:
+    """``value`` must be an int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{where}: {arg} must be an int >= {minimum}; got {arg}={value!r}")
 

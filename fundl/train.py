@@ -203,7 +203,8 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
       ``step(params, state, opt_state, batch, key) -> (params, state, opt_state,
       metrics)`` where ``batch = (x, y)``, ``x: [N, ...]`` host (NumPy) or device
       arrays; ``state`` is ``{}`` for models without batch norm; ``key`` feeds
-      dropout and may be ``None`` for models without it. ``metrics`` is a dict
+      dropout and may be ``None`` for models without it (a key of another form, e.g. a
+      string, is a ConfigError before the step runs). ``metrics`` is a dict
       of scalar arrays: ``'loss'``, plus ``'accuracy'`` when ``y: [N]`` holds
       integer labels and ``logits: [N, C]``. Reading a metric
       (``float(m['loss'])``) waits for the device: read them every few steps,
@@ -211,6 +212,9 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
       state the step expects (``optimizer.init(params)`` unless ``frozen``);
       an ``opt_state`` of another structure is a ConfigError when the step is
       traced. ``params`` and ``state`` are checked against the model there too.
+      A non-bool ``donate``/``checks``/``skip_nonfinite``, a non-callable
+      ``loss_fn`` or ``metrics`` other than a ``{name: function}`` dict are a
+      ConfigError here, when the step is built.
 
       Data-parallel forms:
 
@@ -262,9 +266,10 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
     if checks and parallel is not None:
         raise ConfigError("make_train_step: checks=True works on one device only (parallel=None); "
                           f"got parallel={parallel!r}. Debug on one device, then train in parallel")
+    metrics = _check_step_fns(loss_fn, metrics, donate, where)
     pats = _freeze.patterns(frozen, where)
     body = functools.partial(
-        _parallel.make_body, model, optimizer, loss_fn, dict(metrics or {}), accumulate,
+        _parallel.make_body, model, optimizer, loss_fn, metrics, accumulate,
         prec=_precision.policy(precision), frozen=pats, where=where,
         skip_nonfinite=skip_nonfinite, checks=checks)
     if parallel == "sharded":
@@ -276,8 +281,26 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
                                         sync_batch_stats, donate, where)
     else:
         step = _one_device_step(body(), accumulate, donate, where, checks)
-    step.init_opt_state = lambda params: optimizer.init(_freeze.trainable(params, pats))
+    step.init_opt_state = lambda params: optimizer.init(_freeze.mask(params, pats))
     return step
+
+
+def _check_step_fns(loss_fn, metrics, donate, where) -> dict:
+    """Check ``loss_fn``, ``metrics`` and ``donate`` when the step is built; return the metrics dict."""
+    _argcheck.check_callable(loss_fn, "loss_fn", where, "loss_fn(logits, y) -> scalar")
+    _argcheck.check_bool(donate, "donate", where)
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise ConfigError(f"{where}: metrics must be a dict {{name: fn(logits, y) -> scalar}}; "
+                          f"got {type(metrics).__name__}"
+                          + (": give each function a name, e.g. {'top5': fn}"
+                             if isinstance(metrics, (list, tuple)) else ""))
+    for name, fn in metrics.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: metrics names must be strings; got {name!r}")
+        _argcheck.check_callable(fn, f"metrics[{name!r}]", where, "fn(logits, y) -> scalar")
+    return dict(metrics)
 
 
 def _one_device_step(body, accumulate, donate, where, checks=False):
@@ -289,13 +312,21 @@ def _one_device_step(body, accumulate, donate, where, checks=False):
 
     donate_argnums = (0, 1, 2) if donate else ()
     if not checks:
-        return jax.jit(step, donate_argnums=donate_argnums)
+        jitted = jax.jit(step, donate_argnums=donate_argnums)
+
+        def keyed_step(params, state, opt_state, batch, key):
+            # The key is normalised on the host: a string would fail in jit's argument handling.
+            return jitted(params, state, opt_state, batch, _keys.as_optional_key(key, "train step"))
+
+        keyed_step.lower = jitted.lower  # still inspectable as a jax.jit function
+        return keyed_step
     from jax.experimental import checkify
 
     checked = jax.jit(checkify.checkify(step, errors=checkify.user_checks),
                       donate_argnums=donate_argnums)
 
     def checked_step(params, state, opt_state, batch, key):
+        key = _keys.as_optional_key(key, "train step")
         err, out = checked(params, state, opt_state, batch, key)
         msg = err.get()  # a host sync: checks=True is a debugging mode
         if msg is not None:
@@ -322,6 +353,7 @@ def make_eval_step(model: Layer, *, loss_fn: Callable = F.cross_entropy) -> Call
       integer labels ``y: [N]`` with ``logits: [N, C]``.
     """
     _check_model(model, "make_eval_step")
+    _argcheck.check_callable(loss_fn, "loss_fn", "make_eval_step", "loss_fn(logits, y) -> scalar")
 
     def eval_step(params, state, batch):
         x, y = _split_batch(batch, "eval step")
@@ -391,9 +423,13 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
         number of outputs; the loss's ``ignore_index`` is allowed), float labels
         ``[N]`` for a class-index loss, or NaN/Inf in float ``x``/``y`` (unless
         ``allow_nonfinite``). The message names the first bad value and its index.
+      ConfigError: a ``transform`` or ``loss_fn`` that is not callable, a bad ``batch_size``.
     """
     x, y = _check_data(data, "evaluate", "data")
     _check_batch_size(batch_size, "evaluate")
+    _argcheck.check_callable(transform, "transform", "evaluate", "transform(x_batch) -> x_batch",
+                             optional=True)
+    _argcheck.check_callable(loss_fn, "loss_fn", "evaluate", "loss_fn(logits, y) -> scalar")
     transform = transform or (lambda a: a)
     first = transform(x[:batch_size])  # also the input of the label check's model trace
     if check_data:
@@ -514,6 +550,10 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
         labels ``[N]`` for a class-index loss, or NaN/Inf in float data (unless
         ``allow_nonfinite``), in ``train_data`` or ``eval_data``; the message
         names the first bad value and its index.
+      ConfigError: before training, a bad count (``epochs``, ``batch_size``,
+        ``log_every``), a non-bool ``shuffle``/``progress``/``drop_last`` (``'no'`` is not
+        False), a ``callback`` or ``loss_fn`` that is not callable, a bad ``optimizer``,
+        ``key`` or ``on_nonfinite``.
       NonFiniteError: with ``on_nonfinite='raise'``, see above.
     """
     from tqdm.auto import tqdm  # imported here: only the epoch lines need it
@@ -521,7 +561,8 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
     _check_model(model, "fit")
     _argcheck.check_optimizer(optimizer, "fit")
     x, y, steps = _check_fit_args(train_data, eval_data, epochs=epochs, batch_size=batch_size,
-                                  log_every=log_every, drop_last=drop_last)
+                                  log_every=log_every, drop_last=drop_last, shuffle=shuffle,
+                                  progress=progress, callback=callback, loss_fn=loss_fn)
     _check_fit_values(model, (params, state), train_data, eval_data, loss_fn=loss_fn,
                       on_nonfinite=on_nonfinite, allow_nonfinite=allow_nonfinite)
     key = _as_key(key)
@@ -558,8 +599,15 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
     return FitResult(*trees, history)
 
 
-def _check_fit_args(train_data, eval_data, *, epochs, batch_size, log_every, drop_last):
-    """Validate :func:`fit`'s data and counts; return ``(x, y, steps per epoch)``, ``x, y`` NumPy."""
+def _check_fit_args(train_data, eval_data, *, epochs, batch_size, log_every, drop_last,
+                    shuffle, progress, callback, loss_fn):
+    """Validate :func:`fit`'s data, counts, switches and functions; return ``(x, y, steps per
+    epoch)``, ``x, y`` NumPy."""
+    for arg, value in (("shuffle", shuffle), ("progress", progress), ("drop_last", drop_last)):
+        _argcheck.check_bool(value, arg, "fit")
+    _argcheck.check_callable(callback, "callback", "fit",
+                             "callback(record, params, state, opt_state)", optional=True)
+    _argcheck.check_callable(loss_fn, "loss_fn", "fit", "loss_fn(logits, y) -> scalar")
     x, y = (np.asarray(a) for a in _check_data(train_data, "fit", "train_data"))
     if eval_data is not None:
         _check_data(eval_data, "fit", "eval_data")
@@ -762,11 +810,21 @@ def set_hyperparams(opt_state, **values):
 
 
 def count_params(params) -> int:
-    """Total number of scalars in a parameter pytree.
+    """Total number of scalars in a parameter pytree (arrays, or Python numbers as scalars).
+
+    Raises:
+      ConfigError: for a leaf that is not an array (e.g. a string), naming its path.
 
     Example:
       >>> import jax.numpy as jnp
       >>> count_params({'dense': {'w': jnp.ones((3, 4)), 'b': jnp.ones(4)}})
       16
     """
-    return sum(math.prod(np.shape(p)) for p in jax.tree_util.tree_leaves(params))
+    total = 0
+    for path, p in jax.tree_util.tree_leaves_with_path(params):
+        if not (hasattr(p, "shape") or isinstance(p, (int, float, complex))) or isinstance(p, str):
+            raise ConfigError(f"count_params: params must be a pytree of arrays; the leaf at "
+                              f"{jax.tree_util.keystr(path) or '(root)'} is "
+                              f"{type(p).__name__} {p!r}"[:200])
+        total += math.prod(np.shape(p))
+    return total

@@ -25,8 +25,11 @@ import functools
 import gzip
 import importlib.util
 import io
+import json
 import os
 import pathlib
+import shutil
+import socket
 import tempfile
 import warnings
 
@@ -549,8 +552,7 @@ SECTIONS["summary"] = [
     row("summary-graph-single-input", lambda: fundl.summary(_siamese(), (4, 3)), ShapeError, "input_shape", "tuple of such shapes"),
     row("summary-batchnorm-rank-1", lambda: fundl.summary(L.Serial(L.BatchNorm()), (1,)), ShapeError, "batch_norm", "rank >= 2"),
     row("summary-shape-nested-once-too-often", lambda: fundl.summary(_NET, ((2, 4),)), ShapeError, "serial/fc1", "rank >= 2"),
-    row("count_params-not-a-tree-of-arrays", lambda: fundl.count_params({"w": "abc"}), ConfigError, "count_params",
-        silent="count_params({'w': 'abc'}) returns 1: a non-array leaf is counted as one parameter"),
+    row("count_params-not-a-tree-of-arrays", lambda: fundl.count_params({"w": "abc"}), ConfigError, "count_params"),
 ]
 
 
@@ -644,33 +646,22 @@ SECTIONS["train"] = [
     row("fit-labels-column", lambda: _fit(train=(_XS, _YS[:, None])), ShapeError, "target", "(4, 1)"),
     row("evaluate-batch-size-bool", lambda: _evaluate(batch_size=True), ConfigError, "batch_size must be a positive int"),
     row("replicate-no-devices", lambda: T.replicate(_NET_P, devices=[]), ConfigError, "replicate", "non-empty list of jax.Device"),
-    row("fit-shuffle-string", lambda: _fit(shuffle="no"), ConfigError, "shuffle",
-        silent="fit(shuffle='no') shuffles (any truthy value is True)"),
-    row("fit-callback-not-callable", lambda: _fit(callback=3), ConfigError, "callback",
-        raw="fit(callback=3): TypeError \"'int' object is not callable\" after the first epoch has trained"),
-    row("evaluate-transform-not-callable", lambda: _evaluate(transform=3), ConfigError, "transform",
-        raw="evaluate(transform=3): TypeError \"'int' object is not callable\""),
-    row("train_step-metrics-list", lambda: T.make_train_step(_NET, _SGD, metrics=[lambda lo, y: 0.0]), ConfigError, "metrics",
-        raw="make_train_step(metrics=[fn]): TypeError 'cannot convert dictionary update sequence element #0 to a sequence'"),
-    row("train_step-loss-fn-string", lambda: _step((_XS, _YS), loss_fn="ce"), ConfigError, "loss_fn",
-        raw="make_train_step(loss_fn='ce') is accepted; the first step raises TypeError \"'str' object is not callable\""),
-    row("eval_step-loss-fn-int", lambda: T.make_eval_step(_NET, loss_fn=3)(_NET_P, _NET_S, (_XS, _YS)), ConfigError, "loss_fn",
-        raw="make_eval_step(loss_fn=3) is accepted; the first call raises TypeError \"'int' object is not callable\""),
-    row("train_step-donate-string", lambda: T.make_train_step(_NET, _SGD, donate="no"), ConfigError, "donate",
-        silent="make_train_step(donate='no') donates the params (any truthy value is True)"),
-    row("trainable-pattern-matches-nothing", lambda: T.trainable(_NET_P, ["fc9/*"]), ConfigError, "fc9",
-        silent="trainable(params, ['fc9/*']) freezes nothing (fit's frozen= refuses a pattern matching no parameter)"),
-    row("unreplicate-not-replicated", lambda: T.unreplicate(_NET_P), ShapeError, "unreplicate",
-        silent="unreplicate of a plain (unreplicated) tree returns every leaf's first row: w [4, 3] -> [3], b [3] -> ()"),
+    row("fit-shuffle-string", lambda: _fit(shuffle="no"), ConfigError, "shuffle"),
+    row("fit-callback-not-callable", lambda: _fit(callback=3), ConfigError, "callback"),
+    row("evaluate-transform-not-callable", lambda: _evaluate(transform=3), ConfigError, "transform"),
+    row("train_step-metrics-list", lambda: T.make_train_step(_NET, _SGD, metrics=[lambda lo, y: 0.0]), ConfigError, "metrics"),
+    row("train_step-loss-fn-string", lambda: _step((_XS, _YS), loss_fn="ce"), ConfigError, "loss_fn"),
+    row("eval_step-loss-fn-int", lambda: T.make_eval_step(_NET, loss_fn=3)(_NET_P, _NET_S, (_XS, _YS)), ConfigError, "loss_fn"),
+    row("train_step-donate-string", lambda: T.make_train_step(_NET, _SGD, donate="no"), ConfigError, "donate"),
+    row("trainable-pattern-matches-nothing", lambda: T.trainable(_NET_P, ["fc9/*"]), ConfigError, "fc9"),
+    row("unreplicate-not-replicated", lambda: T.unreplicate(_NET_P), ShapeError, "unreplicate"),
     row("train_step-int-compute-dtype", lambda: T.make_train_step(_NET, _SGD, precision=T.Policy(compute_dtype=jnp.int8)), ConfigError, "compute_dtype must be a floating dtype"),
     row("train_step-precision-abbreviation", lambda: T.make_train_step(_NET, _SGD, precision="bf16"), ConfigError, "precision must be None", "'bf16'"),
     row("fit-params-none", lambda: _fit(params=None), ShapeError, "params must be a dict keyed by layer name", "NoneType"),
     row("fit-batchnorm-state-none", lambda: T.fit(_BN_NET, _BN_NET_P, None, _SGD, (_XS, _YS), epochs=1, batch_size=4, key=KEY, progress=False), ShapeError, "state must be a dict keyed by layer name"),
     row("evaluate-batchnorm-state-missing", lambda: T.evaluate(_BN_NET, _BN_NET_P, {}, (_XS, _YS)), ShapeError, "serial/bn", "state is missing 'bn'"),
-    row("fit-drop-last-string", lambda: _fit(drop_last="yes"), ConfigError, "drop_last",
-        silent="fit(drop_last='yes') counts as True (any truthy value)"),
-    row("fit-progress-string", lambda: _fit(progress="no"), ConfigError, "progress",
-        silent="fit(progress='no') shows the progress bar (any truthy value is True)"),
+    row("fit-drop-last-string", lambda: _fit(drop_last="yes"), ConfigError, "drop_last"),
+    row("fit-progress-string", lambda: _fit(progress="no"), ConfigError, "progress"),
     row("train_step-opt-state-of-adam", lambda: _step((_XS, _YS), opt_state=optax.adam(1e-3).init(_NET_P)), ConfigError, "opt_state does not have the structure optimizer.init gives", "9 leaves vs 0"),
     row("train_step-state-of-another-model", lambda: T.make_train_step(_NET, _SGD, donate=False)(_NET_P, {"bn": {}}, _SGD.init(_NET_P), (_XS, _YS), KEY), ShapeError, "unexpected entry 'bn'"),
     row("train_step-batch-not-divisible-by-accumulate", lambda: _step((_XS, _YS), accumulate=3), ConfigError, "divisible by", "accumulate (3)", "batch size 8"),
@@ -685,8 +676,7 @@ SECTIONS["train"] = [
     row("set_hyperparams-plain-state", lambda: T.set_hyperparams(_SGD.init(_NET_P), learning_rate=0.1), ConfigError, "set_hyperparams", "inject_hyperparams"),
     row("set_hyperparams-wrong-shape", lambda: T.set_hyperparams(optax.inject_hyperparams(optax.sgd)(0.1).init(_NET_P), learning_rate=jnp.ones(3)), ShapeError, "set_hyperparams", "learning_rate must have shape"),
     row("set_hyperparams-unknown-name", lambda: T.set_hyperparams(optax.inject_hyperparams(optax.sgd)(0.1).init(_NET_P), lr=0.1), ConfigError, "set_hyperparams", "lr"),
-    row("Policy-string-dtype", lambda: T.make_train_step(_NET, _SGD, precision=T.Policy(compute_dtype="float7")), ConfigError, "compute_dtype",
-        raw="Policy(compute_dtype='float7'): NumPy's TypeError \"data type 'float7' not understood\""),
+    row("Policy-string-dtype", lambda: T.make_train_step(_NET, _SGD, precision=T.Policy(compute_dtype="float7")), ConfigError, "compute_dtype"),
 ]
 
 
@@ -777,20 +767,14 @@ SECTIONS["data"] = [
     row("prefetch-size-float", lambda: next(D.prefetch_to_device(iter([(_IMGS, _LABELS)]), size=2.5)), ConfigError, "size must be an int >= 1", "2.5"),
     row("load-data-dir-is-a-file", lambda: _load_without_env("mnist", data_dir=__file__, source="idx"), D.DataUnavailableError, "no local source", "test_bad_inputs.py"),
     row("load_idx-path-is-a-file", lambda: D.load_idx(__file__, "test"), D.DataUnavailableError, "load_idx", "lacks"),
-    row("batches-shuffle-string", lambda: next(D.batches(_IMGS, _LABELS, 2, shuffle="no")), ConfigError, "shuffle",
-        silent="batches(shuffle='no') shuffles (any truthy value is True)"),
-    row("batches-x-list", lambda: next(D.batches(_IMGS.tolist(), _LABELS, 2)), ShapeError, "batches", "x",
-        raw="batches(x as a nested list): TypeError 'only integer scalar arrays can be converted to a scalar index'"),
-    row("batches-y-none", lambda: next(D.batches(_IMGS, None, 2)), ShapeError, "batches", "y",
-        raw="batches(x, None, ...): TypeError \"object of type 'NoneType' has no len()\""),
-    row("num_batches-drop-remainder-string", lambda: D.num_batches(10, 3, drop_remainder="yes"), ConfigError, "drop_remainder",
-        silent="num_batches(drop_remainder='yes') counts as True (any truthy value)"),
+    row("batches-shuffle-string", lambda: next(D.batches(_IMGS, _LABELS, 2, shuffle="no")), ConfigError, "shuffle"),
+    row("batches-x-list", lambda: next(D.batches(_IMGS.tolist(), _LABELS, 2)), ShapeError, "batches", "x"),
+    row("batches-y-none", lambda: next(D.batches(_IMGS, None, 2)), ShapeError, "batches", "y"),
+    row("num_batches-drop-remainder-string", lambda: D.num_batches(10, 3, drop_remainder="yes"), ConfigError, "drop_remainder"),
     row("batches-seed-string", lambda: next(D.batches(_IMGS, _LABELS, 2, seed="a")), ConfigError, "batches: seed must be an int"),
     row("select_classes-class-twice", lambda: D.select_classes(_IMGS, _LABELS, [1, 1]), ConfigError, "a label appears twice in [1, 1]"),
-    row("load-data-dir-int", lambda: _load_without_env("mnist", data_dir=3, source="idx"), ConfigError, "data_dir",
-        raw="load('mnist', data_dir=3): TypeError 'expected str, bytes or os.PathLike object, not int'"),
-    row("standardizer-per-channel-string", lambda: D.standardizer(np.random.default_rng(0).random((4, 2, 2, 3)), per_channel="yes"), ConfigError, "per_channel",
-        silent="standardizer(per_channel='yes') counts as True (any truthy value)"),
+    row("load-data-dir-int", lambda: _load_without_env("mnist", data_dir=3, source="idx"), ConfigError, "data_dir"),
+    row("standardizer-per-channel-string", lambda: D.standardizer(np.random.default_rng(0).random((4, 2, 2, 3)), per_channel="yes"), ConfigError, "per_channel"),
     row("random_crop-key-none", lambda: D.random_crop(None, jnp.zeros((2, 8, 8, 1))), ConfigError, "random_crop", "key"),
     # ---- augmentation
     row("random_crop-rank-3", lambda: D.random_crop(KEY, jnp.zeros((8, 8, 1))), ShapeError, "random_crop", "rank 4"),
@@ -815,12 +799,9 @@ SECTIONS["data"] = [
     row("standardizer-empty", lambda: D.standardizer(np.zeros((0, 8, 8, 1), np.uint8)), ShapeError, "standardizer: x_train must be a non-empty"),
     row("standardizer-per-channel-1d", lambda: D.standardizer(np.arange(8.0), per_channel=True), ShapeError, "per_channel=True needs [N, ..., C] data"),
     row("standardizer-constant-data", lambda: D.standardizer(np.full((4, 2, 2, 1), 7, np.uint8)), ConfigError, "zero standard deviation"),
-    row("standardizer-channels-mismatch", lambda: D.standardizer(np.random.default_rng(0).random((4, 2, 2, 3)), per_channel=True)(np.ones((4, 2, 2, 1))), ShapeError, "channel",
-        silent="a per-channel Standardizer of 3-channel data applied to 1-channel data broadcasts it to 3 channels"),
-    row("standardizer-apply-list", lambda: D.standardizer(np.random.default_rng(0).random((4, 2, 2, 3)))([1, 2]), ShapeError, "standardizer",
-        raw="Standardizer called on a list: AttributeError \"'list' object has no attribute 'astype'\""),
-    row("select_classes-one-class-absent", lambda: D.select_classes(_IMGS, _LABELS, [0, 7]), ShapeError, "7",
-        silent="select_classes(classes=[0, 7]) with no example of 7 relabels 7 -> 1, a class the data never holds"),
+    row("standardizer-channels-mismatch", lambda: D.standardizer(np.random.default_rng(0).random((4, 2, 2, 3)), per_channel=True)(np.ones((4, 2, 2, 1))), ShapeError, "channel"),
+    row("standardizer-apply-list", lambda: D.standardizer(np.random.default_rng(0).random((4, 2, 2, 3)))([1, 2]), ShapeError, "standardizer"),
+    row("select_classes-one-class-absent", lambda: D.select_classes(_IMGS, _LABELS, [0, 7]), DataError, "select_classes", "label(s) [7]"),
     row("standardizer-constant-channel", lambda: D.standardizer(np.stack([np.arange(16.0).reshape(4, 2, 2), np.ones((4, 2, 2))], -1), per_channel=True), ConfigError, "zero standard deviation"),
 ]
 
@@ -1110,8 +1091,7 @@ SECTIONS["experiment"] = [
     row("export_checkpoint-no-such-epoch", lambda: E.export_checkpoint(_finished_run(), tmpdir() / "p.safetensors", epoch=99), FundlError, "no checkpoint of epoch 99", slow=True),
     row("export_checkpoint-model-string", lambda: E.export_checkpoint(_finished_run(), tmpdir() / "p.safetensors", model="net"), ConfigError, "model must be a fundl Layer", slow=True),
     row("export_checkpoint-missing-directory", lambda: E.export_checkpoint(_finished_run(), tmpdir() / "no" / "p.safetensors"), FileNotFoundError, "does not exist", slow=True),
-    row("export_checkpoint-other-model", lambda: E.export_checkpoint(_finished_run(), tmpdir() / "p.safetensors", model=_OTHER_NET), ShapeError, "fc1", slow=True,
-        silent="export_checkpoint(model=<another architecture>) writes the file, recording the wrong model's repr"),
+    row("export_checkpoint-other-model", lambda: E.export_checkpoint(_finished_run(), tmpdir() / "p.safetensors", model=_OTHER_NET, input_shape=(1, 4)), ShapeError, "fc1", "export_checkpoint", slow=True),
     row("run-init-from-missing-file", lambda: _run(init_from=tmpdir() / "none.safetensors"), FileNotFoundError, "no such file"),
     row("run-init-from-garbage", lambda: _run(init_from=_file(b"garbage", "g.bin")), _IO.CorruptFileError, "g.bin", "8-byte header length"),
     # ---- helpers and arguments
@@ -1120,17 +1100,13 @@ SECTIONS["experiment"] = [
     row("make_optimizer-weight-decay-negative", lambda: E.make_optimizer("sgd", 0.1, weight_decay=-1e-4), ConfigError, "weight_decay must be a finite number >= 0"),
     row("make_schedule-unknown", lambda: E.make_schedule("linear", 0.1, epochs=2, steps_per_epoch=3), ConfigError, "make_schedule", "unknown schedule name='linear'", "cosine"),
     row("make_schedule-empty-name", lambda: E.make_schedule("", 0.1, epochs=2, steps_per_epoch=3), ConfigError, "unknown schedule"),
-    row("make_schedule-gamma-negative", lambda: E.make_schedule("step", 0.1, epochs=2, steps_per_epoch=3, gamma=-1.0), ConfigError, "make_schedule", "gamma",
-        raw="make_schedule('step', gamma=-1): optax's ValueError '`piecewise_constant_schedule` expects non-negative scale factors'"),
-    row("make_schedule-milestone-beyond-end", lambda: E.make_schedule("step", 0.1, epochs=2, steps_per_epoch=3, milestones=(1.5,)), ConfigError, "milestones",
-        silent="make_schedule('step', milestones=(1.5,)): a milestone past the end of training; the rate never decays"),
-    row("steps_per_epoch-batch-size-zero", lambda: E.steps_per_epoch(10, 0), ConfigError, "steps_per_epoch", "batch_size",
-        raw="steps_per_epoch(10, 0): ZeroDivisionError 'integer division or modulo by zero'"),
-    row("steps_per_epoch-negative-n", lambda: E.steps_per_epoch(-10, 2), ConfigError, "steps_per_epoch", "-10",
-        silent="steps_per_epoch(-10, 2) returns 1"),
+    row("make_schedule-gamma-negative", lambda: E.make_schedule("step", 0.1, epochs=2, steps_per_epoch=3, gamma=-1.0), ConfigError, "make_schedule", "gamma"),
+    row("make_schedule-milestone-beyond-end", lambda: E.make_schedule("step", 0.1, epochs=2, steps_per_epoch=3, milestones=(1.5,)), ConfigError, "milestones"),
+    row("steps_per_epoch-batch-size-zero", lambda: E.steps_per_epoch(10, 0), ConfigError, "steps_per_epoch", "batch_size"),
+    row("steps_per_epoch-negative-n", lambda: E.steps_per_epoch(-10, 2), ConfigError, "steps_per_epoch", "-10"),
     row("load_splits-unknown-name", lambda: E.load_splits("imagenet", image_shape=(28, 28, 1)), ConfigError, "unknown data set name='imagenet'"),
-    row("load_splits-synthetic-negative", lambda: E.load_splits("mnist", image_shape=(28, 28, 1), synthetic=-5), ConfigError, "synthetic",
-        raw="load_splits(synthetic=-5): NumPy's ValueError 'negative dimensions are not allowed'"),
+    row("load_splits-limit-train-negative", lambda: E.load_splits("mnist", image_shape=(28, 28, 1), synthetic=8, limit_train=-100), ConfigError, "load_splits", "limit_train must be an int >= 1", "-100"),
+    row("load_splits-synthetic-negative", lambda: E.load_splits("mnist", image_shape=(28, 28, 1), synthetic=-5), ConfigError, "synthetic"),
     row("load_checkpoint-missing-dir", lambda: E.load_checkpoint(tmpdir() / "nothing"), FundlError, "load_checkpoint", "no checkpoints/", "--out of a run"),
     row("load_checkpoint-empty-run-dir", lambda: E.load_checkpoint(tmpdir()), FundlError, "load_checkpoint", "no checkpoints/"),
     row("export_checkpoint-missing-dir", lambda: E.export_checkpoint(tmpdir() / "nothing", tmpdir() / "p.safetensors"), FundlError, "no checkpoints/"),
@@ -1143,8 +1119,7 @@ SECTIONS["experiment"] = [
     row("run-eval-batch-size-zero", lambda: _run(eval_batch_size=0), ConfigError, "eval_batch_size must be an int >= 1"),
     row("run-log-every-zero", lambda: _run(log_every=0), ConfigError, "log_every must be an int >= 1"),
     row("run-data-parallel-string", lambda: _run(data_parallel="yes"), ConfigError, "data_parallel must be True or False"),
-    row("run-train-not-pair", lambda: _run(train=_TRAIN[0]), ShapeError, "run: train must be non-empty (x, y) arrays",
-        raw="run(train=x_array) (no labels): ValueError 'too many values to unpack (expected 2)' from _check_arrays"),
+    row("run-train-not-pair", lambda: _run(train=_TRAIN[0]), ShapeError, "run: train must be non-empty (x, y) arrays"),
     row("run-train-lengths", lambda: _run(train=(_TRAIN[0], _TRAIN[1][:5])), ShapeError, "run: train", "one length"),
     row("run-test-empty", lambda: _run(test=(_TRAIN[0][:0], _TRAIN[1][:0])), ShapeError, "run: test must be non-empty"),
     row("run-export-params-missing-dir", lambda: _run(export_params=tmpdir() / "no" / "p.safetensors"), ConfigError, "export_params", "does not exist"),
@@ -1153,7 +1128,7 @@ SECTIONS["experiment"] = [
 
 
 # =========================================================================== runner flags
-# Only what argparse itself refuses (choices, types, unknown flags); value ranges come later.
+# Only what argparse itself refuses (choices, types, unknown flags); value ranges: section issue13.
 _ARG = ArgparseExit
 
 SECTIONS["runner_flags"] = [
@@ -1263,6 +1238,158 @@ SECTIONS["viz_initializers"] = [
 ]
 
 
+# =========================================================================== issue 13: labels, non-finite, flags, integer inputs, keys, calls
+# The checks of issue 13 ("nothing silent") through the public API: a tiny classifier with 10
+# outputs on 4x4x1 images; runs go to fresh temporary directories.
+_TINY = L.Serial(L.Flatten(), L.Dense(10, name="fc"))
+_TINY_P = init(_TINY, (2, 4, 4, 1))[1]
+_IMG_U8, _IMG_F = np.zeros((8, 4, 4, 1), np.uint8), np.ones((8, 4, 4, 1), np.float32)
+_Y10 = np.arange(8, dtype=np.int32)
+
+
+def _y_with(value) -> np.ndarray:
+    """``_Y10`` with the label at index 3 replaced by ``value``."""
+    y = _Y10.copy()
+    y[3] = value
+    return y
+
+
+def _x_with(value, index=(2, 1, 1, 0)) -> np.ndarray:
+    """``_IMG_F`` holding ``value`` (NaN, Inf) at ``index``."""
+    x = _IMG_F.copy()
+    x[index] = value
+    return x
+
+
+def _tfit(x=_IMG_F, y=_Y10, **kw):
+    """``fit`` of ``_TINY`` on ``(x, y)`` for one epoch, quiet; ``kw`` overrides."""
+    args = dict(epochs=1, batch_size=4, key=KEY, progress=False)
+    args.update(kw)
+    return T.fit(_TINY, _TINY_P, {}, args.pop("optimizer", _SGD), (x, y), **args)
+
+
+def _teval(x=_IMG_F, y=_Y10, **kw):
+    return T.evaluate(_TINY, _TINY_P, {}, (x, y), **kw)
+
+
+def _trun(x=_IMG_F, y=_Y10, **kw):
+    """``experiment.run`` of ``_TINY`` on ``(x, y)`` (train and test) into a fresh directory."""
+    args = dict(out=tmpdir() / "run", epochs=1, batch_size=4, progress=False)
+    args.update(kw)
+    return E.run(_TINY, _SGD, (x, y), (x, y), **args)
+
+
+def _locked_run():
+    """``run`` into a directory whose ``.lock`` names this (live) process."""
+    out = tmpdir()
+    (out / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                           "started": "2026-01-01T00:00:00+00:00"}) + "\n")
+    return _run(out=out)
+
+
+def _corrupt_copy() -> pathlib.Path:
+    """A copy of ``_finished_run()`` with every checkpoint file overwritten with garbage."""
+    out = tmpdir() / "corrupt"
+    shutil.copytree(_finished_run(), out)
+    for f in (out / "checkpoints").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    return out
+
+
+def _bad_metrics() -> pathlib.Path:
+    path = tmpdir() / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2\n{"epoch": 3}\n')
+    return path
+
+
+def _flags(*argv):
+    """``experiments/mnist.py``'s parse_args on ``argv`` (argparse's exit -> ArgparseExit)."""
+    return parse("mnist", *argv)
+
+
+_EXISTING_FILE = __file__
+_SEQ_DENSE = L.Serial(L.Dense(3, name="fc"))
+_SEQ_BN = L.Serial(L.BatchNorm(name="bn"))
+_SEQ_POOL = L.Serial(L.AvgPool(2, name="pool"))
+_SEQ_CONV = L.Serial(L.Conv(2, 3, name="conv"))
+_OUT_OF_RANGE = "outside the valid range [0, 10)"
+
+
+def _bn_int():
+    """A BatchNorm applied (training mode) to uint8 input."""
+    _, p, s = _SEQ_BN.init_with_state(KEY, (2, 4))
+    return _SEQ_BN.apply(p, np.ones((2, 4), np.uint8), state=s)
+
+
+
+SECTIONS["issue13"] = [
+    # ---- labels against the model's 10 outputs
+    row("i13-fit-label-minus-one", lambda: _tfit(y=_y_with(-1)), DataError, "fit: train_data has label -1 at index 3", _OUT_OF_RANGE, "drop those rows"),
+    row("i13-fit-label-C", lambda: _tfit(y=_y_with(10)), DataError, "fit: train_data has label 10 at index 3", "give the model 11 outputs"),
+    row("i13-fit-label-C-plus-5", lambda: _tfit(y=_y_with(15)), DataError, "label 15 at index 3", _OUT_OF_RANGE),
+    row("i13-fit-float-labels", lambda: _tfit(y=_Y10.astype(np.float32)), DataError, "fit: train_data labels y must be integer class indices", "float32", "y.astype(np.int32)"),
+    row("i13-fit-eval-data-label-C", lambda: _tfit(eval_data=(_IMG_F, _y_with(10))), DataError, "fit: eval_data has label 10"),
+    row("i13-evaluate-label-minus-one", lambda: _teval(y=_y_with(-1)), DataError, "evaluate: data has label -1 at index 3"),
+    row("i13-evaluate-label-C", lambda: _teval(y=_y_with(10)), DataError, "evaluate: data has label 10", _OUT_OF_RANGE),
+    row("i13-evaluate-float-labels", lambda: _teval(y=_Y10.astype(np.float64)), DataError, "evaluate: data labels y must be integer class indices", "float64"),
+    row("i13-run-label-C", lambda: _trun(y=_y_with(10)), DataError, "run: train has label 10 at index 3"),
+    row("i13-run-label-minus-one", lambda: _trun(y=_y_with(-1)), DataError, "run: train has label -1"),
+    row("i13-run-float-labels", lambda: _trun(y=_Y10.astype(np.float32)), DataError, "run: train labels y must be integer class indices"),
+    row("i13-cross_entropy-eager-label-C", lambda: F.cross_entropy(jnp.zeros((4, 10)), jnp.array([0, 1, 2, 10])), DataError, "cross_entropy: target class index 10 at index (3,)", "outside [0, 10)"),
+    row("i13-cross_entropy-eager-label-minus-one", lambda: F.cross_entropy(jnp.zeros((4, 10)), jnp.array([0, 1, 2, -1])), DataError, "cross_entropy: target class index -1"),
+    # ---- NaN / Inf in the data, on_nonfinite, checks
+    row("i13-fit-nan-x", lambda: _tfit(x=_x_with(np.nan)), DataError, "fit: train_data x holds nan at index (2, 1, 1, 0)", "allow_nonfinite=True"),
+    row("i13-fit-inf-x", lambda: _tfit(x=_x_with(np.inf, (5, 0, 0, 0))), DataError, "fit: train_data x holds inf at index (5, 0, 0, 0)"),
+    row("i13-evaluate-inf-x", lambda: _teval(x=_x_with(np.inf, (5, 0, 0, 0))), DataError, "evaluate: data x holds inf"),
+    row("i13-standardizer-nan", lambda: D.standardizer(_x_with(np.nan)), DataError, "standardizer: x_train holds nan at index (2, 1, 1, 0)"),
+    row("i13-run-nan-x", lambda: _trun(x=_x_with(np.nan)), DataError, "run: train x holds nan"),
+    row("i13-fit-on-nonfinite-bogus", lambda: _tfit(on_nonfinite="bogus"), ConfigError, "fit: on_nonfinite must be one of ['stop', 'raise', 'skip']", "'bogus'"),
+    row("i13-train_step-checks-string", lambda: T.make_train_step(_TINY, _SGD, checks="yes"), ConfigError, "make_train_step: checks must be True or False", "'yes'"),
+    row("i13-fit-allow-nonfinite-string", lambda: _tfit(allow_nonfinite="yes"), ConfigError, "fit: allow_nonfinite must be True or False"),
+    # ---- runner flag values (experiments/mnist.py; every runner shares add_training_flags)
+    row("i13-flag-lr-zero", lambda: _flags("--lr", "0"), _ARG, "--lr", "expected a finite number > 0", "got 0.0"),
+    row("i13-flag-lr-negative", lambda: _flags("--lr", "-1"), _ARG, "--lr", "expected a finite number > 0", "got -1.0"),
+    row("i13-flag-lr-nan", lambda: _flags("--lr", "nan"), _ARG, "--lr", "'nan'", "not finite"),
+    row("i13-flag-lr-inf", lambda: _flags("--lr", "inf"), _ARG, "--lr", "'inf'", "not finite"),
+    row("i13-flag-momentum-negative", lambda: _flags("--momentum", "-1"), _ARG, "--momentum", "expected a momentum in [0, 1)"),
+    row("i13-flag-momentum-one", lambda: _flags("--momentum", "1"), _ARG, "--momentum", "in [0, 1)", "got 1.0"),
+    row("i13-flag-batch-size-zero", lambda: _flags("--batch-size", "0"), _ARG, "--batch-size", "expected an integer >= 1", "got 0"),
+    row("i13-flag-limit-train-negative", lambda: _flags("--limit-train", "-100"), _ARG, "--limit-train", "expected an integer >= 1", "got -100"),
+    row("i13-flag-epochs-negative", lambda: _flags("--epochs", "-1"), _ARG, "--epochs", "expected an integer >= 0", "got -1"),
+    row("i13-flag-weight-decay-negative", lambda: _flags("--weight-decay", "-0.1"), _ARG, "--weight-decay", "expected a finite number >= 0"),
+    row("i13-flag-stop-after-past-epochs", lambda: _flags("--epochs", "2", "--stop-after", "5"), _ARG, "--stop-after", "5 is after the last epoch", "--epochs 2"),
+    row("i13-flag-out-existing-file", lambda: _flags("--out", _EXISTING_FILE), _ARG, "--out", "is an existing file, not a directory"),
+    row("i13-flag-init-from-missing", lambda: _flags("--init-from", str(tmpdir() / "none.safetensors")), _ARG, "--init-from", "does not exist", "give an existing file"),
+    row("i13-flag-synthetic-zero", lambda: _flags("--synthetic", "0"), _ARG, "--synthetic", "expected an integer >= 1"),
+    # ---- integer inputs where float computation starts
+    row("i13-conv-uint8-images", lambda: _SEQ_CONV.apply(init(_SEQ_CONV, (1, 4, 4, 1))[1], _IMG_U8), DataError, "Conv 'serial/conv'", "dtype uint8", "x.astype(np.float32) / 255"),
+    row("i13-dense-int-input", lambda: _SEQ_DENSE.apply(init(_SEQ_DENSE, (1, 4))[1], np.ones((2, 4), np.int32)), DataError, "serial/fc", "dtype int32"),
+    row("i13-batchnorm-uint8-input", lambda: _bn_int(), DataError, "serial/bn", "dtype uint8"),
+    row("i13-avgpool-uint8-images", lambda: _SEQ_POOL.apply({}, _IMG_U8), DataError, "serial/pool", "dtype uint8"),
+    row("i13-F-conv-uint8", lambda: F.conv(_IMG_U8, jnp.ones((3, 3, 1, 2))), DataError, "conv: x has dtype uint8", "convert it first"),
+    row("i13-fit-uint8-images", lambda: _tfit(x=_IMG_U8), DataError, "dtype uint8"),
+    # ---- random keys
+    row("i13-init-key-string", lambda: _TINY.init("seed", (2, 4, 4, 1)), ConfigError, "init: key must be a jax.random.key(seed)", "got str 'seed'"),
+    row("i13-init-key-float", lambda: _TINY.init(0.5, (2, 4, 4, 1)), ConfigError, "key must be a jax.random.key", "got float 0.5"),
+    row("i13-init-key-array-3", lambda: _TINY.init(jax.random.split(KEY, 3), (2, 4, 4, 1)), ConfigError, "a key array of shape (3,)", "one key is needed"),
+    row("i13-fit-key-float", lambda: _tfit(key=0.5), ConfigError, "fit: key must be a jax.random.key", "got float 0.5"),
+    row("i13-fit-key-array-3", lambda: _tfit(key=jax.random.split(KEY, 3)), ConfigError, "fit: key must be", "shape (3,)"),
+    row("i13-dropout-key-string", lambda: F.dropout(_IMG_F, 0.5, key="k"), ConfigError, "dropout", "key must be a jax.random.key", "got str 'k'"),
+    row("i13-dropout-key-float", lambda: F.dropout(_IMG_F, 0.5, key=1.5), ConfigError, "dropout", "got float 1.5"),
+    row("i13-train_step-key-string", lambda: T.make_train_step(_TINY, _SGD, donate=False)(_TINY_P, {}, _SGD.init(_TINY_P), (_IMG_F, _Y10), "x"), ConfigError, "train step: key must be a jax.random.key", "got str 'x'"),
+    # ---- calls: a layer called, an optimizer name, a per-example loss
+    row("i13-layer-called", lambda: _TINY(_IMG_F), TypeError, "fundl layers are not callable", "use layer.apply"),
+    row("i13-fit-optimizer-name", lambda: _tfit(optimizer="adam"), ConfigError, "fit: optimizer must be an optax GradientTransformation", "optax.adam(1e-3)"),
+    row("i13-fit-per-example-loss", lambda: _tfit(loss_fn=lambda lo, y: F.cross_entropy(lo, y, reduction="none")), ConfigError, "loss_fn must return a scalar", "shape (4,)"),
+    # ---- run directories, checkpoints and metrics
+    row("i13-run-locked-directory", _locked_run, DirectoryInUseError, "is in use by another runner", f"PID {os.getpid()}"),
+    row("i13-run-resume-all-checkpoints-corrupt", lambda: _run(out=_corrupt_copy(), resume=True), CheckpointError, "run: --resume: no usable checkpoint", "epoch 1", "restore a backup", slow=True),
+    row("i13-load_checkpoint-corrupt", lambda: E.load_checkpoint(_corrupt_copy()), CheckpointError, "load_checkpoint: no usable checkpoint", "epoch 1", slow=True),
+    row("i13-read_metrics-bad-middle-line", lambda: E.read_metrics(_bad_metrics()), _IO.CorruptFileError, "read_metrics: line 2", "is not a JSON record"),
+]
+
+
 # =========================================================================== the tests
 ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
 
@@ -1279,10 +1406,11 @@ MIN_ROWS = {
     "surgery": 29,
     "io": 43,
     "interop": 22,
-    "experiment": 39,
+    "experiment": 40,
     "runner_flags": 46,
     "distributed": 10,
     "viz_initializers": 13,
+    "issue13": 56,
 }
 
 
@@ -1290,10 +1418,11 @@ MIN_ROWS = {
 def test_bad_input(call, exc, fragments):
     """The bad call raises ``exc`` and the message holds every fragment.
 
-    ``exc`` is a fundl error, argparse's refusal, or an ``OSError`` subclass (``FileNotFoundError``,
-    ``IsADirectoryError``) for a path that is missing or of the wrong kind, as ``open`` does.
+    ``exc`` is a fundl error, argparse's refusal, an ``OSError`` subclass (``FileNotFoundError``,
+    ``IsADirectoryError``) for a path that is missing or of the wrong kind, as ``open`` does, or
+    ``TypeError`` for a layer called like a function (Python's error for a wrong call).
     """
-    assert issubclass(exc, (FundlError, ArgparseExit, OSError)), exc
+    assert issubclass(exc, (FundlError, ArgparseExit, OSError, TypeError)), exc
     with pytest.raises(exc) as info:
         call()
     message = info.value.stderr if isinstance(info.value, ArgparseExit) else str(info.value)

@@ -7,6 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .._argcheck import check_bool
 from .._errors import ConfigError, ShapeError
 
 
@@ -18,6 +19,14 @@ def _int(value, arg: str, where: str, minimum: int) -> int:
     if v < minimum:
         raise ConfigError(f"{where}: {arg} must be >= {minimum}; got {arg}={v}")
     return v
+
+
+def _check_array(a, arg: str, where: str) -> None:
+    """``a`` must be an array of rank >= 1 (rows are picked by index arrays)."""
+    if not hasattr(a, "shape") or len(a.shape) < 1:
+        got = f"{type(a).__name__}" + (f" of shape {tuple(a.shape)}" if hasattr(a, "shape") else "")
+        raise ShapeError(f"{where}: {arg} must be an array [N, ...] (np.ndarray or jax.Array); "
+                         f"got {got}. Convert it first: np.asarray({arg})")
 
 
 def num_batches(n: int, batch_size: int, *, drop_remainder: bool = False) -> int:
@@ -37,6 +46,7 @@ def num_batches(n: int, batch_size: int, *, drop_remainder: bool = False) -> int
     """
     n = _int(n, "n", "num_batches", 0)
     batch_size = _int(batch_size, "batch_size", "num_batches", 1)
+    check_bool(drop_remainder, "drop_remainder", "num_batches")
     return n // batch_size if drop_remainder else math.ceil(n / batch_size)
 
 
@@ -81,8 +91,10 @@ def batches(x, y, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bo
       ``batches`` is called, not at the first ``next``.
 
     Raises:
-      ShapeError: ``x`` and ``y`` differ in length.
-      ConfigError: a bad ``batch_size``, ``seed``, ``epoch`` or process argument,
+      ShapeError: ``x`` or ``y`` not an array of rank >= 1 (a list, ``None``), or they differ
+        in length.
+      ConfigError: a bad ``batch_size``, ``seed``, ``epoch`` or process argument, a
+        non-bool ``shuffle`` or ``drop_remainder``,
         including a ``batch_size`` not divisible by ``process_count``.
 
     Example:
@@ -107,6 +119,10 @@ def batches(x, y, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bo
                           f"process_count; got batch_size={batch_size}, process_count={process_count}. "
                           f"Use a multiple of {process_count}, e.g. "
                           f"{max(process_count, batch_size // process_count * process_count)}")
+    check_bool(shuffle, "shuffle", where)
+    check_bool(drop_remainder, "drop_remainder", where)
+    _check_array(x, "x", where)
+    _check_array(y, "y", where)
     n = len(x)
     if len(y) != n:
         raise ShapeError(f"{where}: x and y must have the same length; got len(x)={n}, len(y)={len(y)}")

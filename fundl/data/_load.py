@@ -98,7 +98,7 @@ def load(name: str, split: str = "train", *, data_dir=None, source: str = "auto"
       32x32x3 for CIFAR-10, 8x8x1 with values 0..16 for digits), ``y: [N] int32``.
 
     Raises:
-      ConfigError: unknown ``name``, ``split`` or ``source``.
+      ConfigError: unknown ``name``, ``split`` or ``source``; a ``data_dir`` that is not a path.
       DataUnavailableError: no source has it; the message lists every source
         tried and what to do.
       CorruptDataError: a file was found but is damaged (the message names it).
@@ -118,6 +118,9 @@ def load(name: str, split: str = "train", *, data_dir=None, source: str = "auto"
     if source not in allowed:
         raise ConfigError(f"load: source={source!r} is not available for {name!r}; "
                           f"expected one of {list(allowed)}")
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise ConfigError(f"load: data_dir must be a directory path (str or pathlib.Path) or "
+                          f"None; got {type(data_dir).__name__} {data_dir!r}"[:200])
     if name == "digits":
         return load_digits_split(split)
 

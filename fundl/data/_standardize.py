@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .._argcheck import check_bool
 from .._errors import ConfigError, DataError, ShapeError
 
 _CHUNK_ELEMS = 1 << 22  # ~4M values (32 MiB in float64) per chunk
@@ -20,15 +21,25 @@ class Standardizer(NamedTuple):
 
     Calling ``s(x)`` returns ``(x - mean) / std`` as float32 with ``x``'s shape
     (``[..., C]`` when per channel); it works on NumPy and JAX arrays alike
-    (a JAX array stays on its device).
+    (a JAX array stays on its device; a list is converted with ``np.asarray``).
+    Per channel, ``x``'s last axis must have the ``C`` channels of the statistics
+    (a ShapeError otherwise, rather than broadcasting 1 channel to ``C``).
     """
 
     mean: float | np.ndarray
     std: float | np.ndarray
 
     def __call__(self, x):
+        if not hasattr(x, "astype"):  # a list or a scalar
+            x = np.asarray(x)
         mean = np.asarray(self.mean, np.float32)
         std = np.asarray(self.std, np.float32)
+        if mean.ndim == 1 and (x.ndim < 1 or x.shape[-1] != mean.shape[0]):
+            raise ShapeError(f"Standardizer: the statistics are per channel, for {mean.shape[0]} "
+                             f"channels (the last axis of x_train), but x has shape "
+                             f"{tuple(x.shape)}: {x.shape[-1] if x.ndim else 'no'} channel(s). "
+                             "Apply it to data of the training set's channel layout [..., C], or "
+                             "build one with standardizer(x_train, per_channel=False)")
         return (x.astype(np.float32) - mean) / std
 
 
@@ -72,7 +83,8 @@ def standardizer(x_train, *, per_channel: bool | None = None,
 
     Raises:
       ShapeError: ``x_train`` is empty or a scalar.
-      ConfigError: a standard deviation is zero (constant data).
+      ConfigError: a standard deviation is zero (constant data), or ``per_channel`` is
+        neither None nor a bool.
       DataError: float ``x_train`` holds NaN or Inf (the first one's index is
         named) and ``allow_nonfinite`` is False.
 
@@ -85,6 +97,8 @@ def standardizer(x_train, *, per_channel: bool | None = None,
       >>> s(x).ravel()
       array([-1., -1.,  1.,  1.], dtype=float32)
     """
+    if per_channel is not None:
+        check_bool(per_channel, "per_channel", "standardizer")
     x = np.asarray(x_train)
     if x.ndim < 1 or x.size == 0:
         raise ShapeError(f"standardizer: x_train must be a non-empty [N, ..., C] array; got shape {x.shape}")
