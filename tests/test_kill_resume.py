@@ -63,6 +63,23 @@ def _entries(out):
 
 # -- kill -9 in the middle of epoch 2 -----------------------------------------------------
 
+def _kill_in_epoch_2(p, out) -> str:
+    """SIGKILL the runner ``p`` writing into ``out`` early in its epoch 2; its output."""
+    seen = []
+    for line in p.stdout:  # "epoch 1/2 ..." comes after epoch 1's metrics and curves
+        seen.append(line)
+        if line.startswith("epoch 1/2"):
+            break
+    assert seen and seen[-1].startswith("epoch 1/2"), "".join(seen)[-2000:]
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoints" / "1").is_dir():  # Orbax commits it in the background
+        assert time.monotonic() < deadline, "epoch 1's checkpoint was never committed"
+        time.sleep(0.01)
+    time.sleep(0.2)  # into epoch 2's 512 steps
+    os.kill(p.pid, signal.SIGKILL)
+    return "".join(seen) + p.stdout.read()
+
+
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_is_bitwise_equal(tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
@@ -70,28 +87,26 @@ def test_kill_9_mid_epoch_then_resume_is_bitwise_equal(tmp_path):
                                  text=True, env=ENV)
     p = subprocess.Popen(_mnist(killed), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env=ENV)
-    seen = []
-    for line in p.stdout:  # "epoch 1/2 ..." is printed after epoch 1's checkpoint and metrics
-        seen.append(line)
-        if line.startswith("epoch 1/2"):
-            break
-    assert seen and seen[-1].startswith("epoch 1/2"), "".join(seen)[-2000:]
-    time.sleep(0.2)  # into epoch 2's 512 steps
-    os.kill(p.pid, signal.SIGKILL)
-    rest = p.stdout.read()
-    assert p.wait(timeout=60) == -signal.SIGKILL
-    # it died inside epoch 2: nothing of epoch 2 was written, the lock of the dead PID stays
-    assert "epoch 2/2" not in rest, rest
-    assert _entries(killed) == ["1"] and [r["epoch"] for r in _metrics(killed)] == [1]
-    assert json.loads((killed / ".lock").read_text())["pid"] == p.pid
+    try:
+        output = _kill_in_epoch_2(p, killed)
+        assert p.wait(timeout=60) == -signal.SIGKILL
+        # it died inside epoch 2: nothing of epoch 2 was written, the dead PID's lock stays
+        assert "epoch 2/2" not in output, output[-2000:]
+        assert _entries(killed) == ["1"] and [r["epoch"] for r in _metrics(killed)] == [1]
+        assert json.loads((killed / ".lock").read_text())["pid"] == p.pid
 
-    resumed = subprocess.run(_mnist(killed, "--resume"), capture_output=True, text=True, env=ENV,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"{STALE} {killed / '.lock'} of PID {p.pid}" in resumed.stderr
-    assert f"resumed from {killed / 'checkpoints'} after epoch 1" in resumed.stdout
-    assert not (killed / ".lock").exists()
-    out, err = reference.communicate(timeout=300)
+        resumed = subprocess.run(_mnist(killed, "--resume"), capture_output=True, text=True,
+                                 env=ENV, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert f"{STALE} {killed / '.lock'} of PID {p.pid}" in resumed.stderr
+        assert f"resumed from {killed / 'checkpoints'} after epoch 1" in resumed.stdout
+        assert not (killed / ".lock").exists()
+        out, err = reference.communicate(timeout=300)
+    finally:
+        for proc in (p, reference):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert reference.returncode == 0, err[-3000:]
     assert out.splitlines()[-1] == resumed.stdout.splitlines()[-1]  # test_accuracy=...
     assert _metrics(killed) == _metrics(whole) and len(_metrics(whole)) == 2
