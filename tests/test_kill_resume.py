@@ -130,27 +130,31 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("at", ["create", "finalize"])
-def test_kill_9_mid_checkpoint_write_then_resume_is_bitwise_equal(tmp_path, uninterrupted, at):
-    """``create``: killed just after Orbax made epoch 2's temporary directory; ``finalize``:
-    every file of it written, killed before the rename that commits it."""
+@pytest.mark.parametrize("epoch,at", [(2, "create"), (2, "finalize"), (1, "finalize")])
+def test_kill_9_mid_checkpoint_write_then_resume_is_bitwise_equal(tmp_path, uninterrupted,
+                                                                  epoch, at):
+    """``create``: killed just after Orbax made the epoch's temporary directory; ``finalize``:
+    every file of it written, killed before the rename that commits it. Epoch 1: there is
+    no older checkpoint, the resumed run starts from scratch."""
     out = tmp_path / "run"
-    killed = _driver(out, "--kill-in-save", "2", "--at", at)
+    killed = _driver(out, "--kill-in-save", str(epoch), "--at", at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert f"SIGKILL during the checkpoint write of epoch 2 ({at})" in killed.stdout
-    partial = [n for n in _entries(out) if n.startswith("2.")]
-    assert "1" in _entries(out) and "2" not in _entries(out) and partial, _entries(out)
+    assert f"SIGKILL during the checkpoint write of epoch {epoch} ({at})" in killed.stdout
+    partial = [n for n in _entries(out) if n.startswith(f"{epoch}.")]
+    assert partial and not any(n.isdigit() and int(n) >= epoch for n in _entries(out))
     if at == "finalize":  # the arrays were all on disk, only the commit was missing
         assert any((out / "checkpoints" / partial[0] / "train").iterdir())
 
     resumed = _driver(out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert STALE in resumed.stderr
-    assert f"resumed from {out / 'checkpoints'} after epoch 1" in resumed.stdout
+    assert (f"resumed from {out / 'checkpoints'} after epoch 1" if epoch == 2 else
+            f"--resume: no checkpoint in {out / 'checkpoints'}; starting from scratch"
+            ) in resumed.stdout
     assert _entries(out) == _entries(uninterrupted) == ["2", "3"]  # the partial one is gone
     assert _metrics(out) == _metrics(uninterrupted)
-    for epoch in (2, 3):
-        _assert_same_checkpoint(out, uninterrupted, epoch)
+    for e in (2, 3):
+        _assert_same_checkpoint(out, uninterrupted, e)
 
 
 # -- NaN in the data, reached only in epoch 2 ----------------------------------------------
