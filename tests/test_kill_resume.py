@@ -162,7 +162,7 @@ def test_kill_9_mid_checkpoint_write_then_resume_is_bitwise_equal(tmp_path, unin
 N, BATCH, SEED = 100, 16, 0  # 6 steps an epoch; 4 rows left out of each epoch
 
 
-def _nan_rows() -> np.ndarray:
+def _nan_rows() -> tuple[np.ndarray, int]:
     """Rows that epoch 1 leaves out (its partial last batch) and epoch 2 visits after its
     first step, and the 1-based step of epoch 2 that first meets one."""
     def order(epoch):
