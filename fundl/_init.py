@@ -19,6 +19,7 @@ last); the ``fan_in_*`` helpers below map our layouts to PyTorch's numbers:
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable
@@ -189,10 +190,24 @@ def ones(key, shape, dtype=jnp.float32):
 
 
 def check_initializer(fn, arg: str, where: str):
-    """Raise ConfigError unless ``fn`` is None or callable (checked at construction)."""
+    """Raise ConfigError unless ``fn`` is None or a callable that accepts ``(key, shape,
+    dtype)`` (checked at construction; a signature Python cannot read passes)."""
     if fn is not None and not callable(fn):
         raise ConfigError(f"{where}: {arg} must be a callable (key, shape, dtype) -> array, "
                           f"e.g. jax.nn.initializers.lecun_normal(); got {fn!r}")
+    if fn is None:
+        return fn
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C callable: not readable, trusted
+        return fn
+    try:
+        sig.bind(None, None, None)
+    except TypeError:
+        raise ConfigError(f"{where}: {arg} must accept (key, shape, dtype), as the "
+                          f"initialisers of jax.nn.initializers do, e.g. lambda key, shape, "
+                          f"dtype: jnp.zeros(shape, dtype); got {fn!r} with signature "
+                          f"{sig}"[:300]) from None
     return fn
 
 
