@@ -392,8 +392,7 @@ SECTIONS["layers"] = [
     row("BasicBlock-init-flat-input", lambda: init(L.BasicBlock(8), (2, 4)), ShapeError, "basic_block/body/conv1", "rank 4"),
     row("Bottleneck-init-missing-batch", lambda: init(L.Bottleneck(4), (2, 4, 4)), ShapeError, "bottleneck/body/conv1", "x[None]"),
     row("Dense-w_init-wrong-signature", lambda: init(L.Dense(3, w_init=lambda: 0), (2, 4)), ConfigError, "Dense 'dense'", "w_init must accept (key, shape, dtype)", "signature ()"),
-    row("layer-apply-without-key-keyword", lambda: _apply_fn_layer(lambda p, a: a), ConfigError, "'mine'", "apply",
-        raw="L.layer(..., apply=lambda params, x: ...) (no key/train keywords): TypeError \"got an unexpected keyword argument 'key'\" on apply"),
+    row("layer-apply-one-argument", lambda: _apply_fn_layer(lambda p: p), ConfigError, "'mine'", "apply must have the signature (params, x, *, key, train)", "signature (p)"),
     row("Serial-dropout-train-without-key", lambda: L.Serial(L.Dense(3, name="fc"), L.Dropout(0.2, name="drop")).apply({"fc": _DENSE_P}, x(2, 4), train=True), ConfigError, "drop", "random key"),
 ]
 
