@@ -323,7 +323,8 @@ class Layer:
           train: training mode (dropout active, batch statistics used and
             updated), or a mapping ``{path pattern: bool}`` choosing it per
             layer (first matching pattern wins; unmatched layers evaluate),
-            e.g. ``{'backbone': False, '*': True}``. Default: ``False`` at
+            e.g. ``{'backbone': False, '*': True}``; a pattern matching no layer
+            (nor parameter) path is refused as a typo. Default: ``False`` at
             the top level; inside another layer's ``forward``, that layer's mode.
 
         Returns:
