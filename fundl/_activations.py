@@ -13,10 +13,12 @@ import numbers
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ._argcheck import check_float_input
+from ._argcheck import check_bool, check_float_input
 from ._errors import ConfigError, ShapeError
 from ._keys import as_key
+from ._util import check_number, is_int
 
 __all__ = [
     "linear", "relu", "leaky_relu", "elu", "gelu", "sigmoid", "tanh", "softplus",
@@ -82,7 +84,14 @@ def relu(x):
     return jax.nn.relu(x)
 
 
-@jax.jit
+def _check_coef(value, arg: str, where: str):
+    """A coefficient: a finite Python number (checked, as the layer versions check it) or an
+    array (passed through: its value is not free to check)."""
+    if isinstance(value, (jax.Array, np.ndarray)):
+        return value
+    return check_number(value, arg, where)
+
+
 def leaky_relu(x, negative_slope: float = 0.01):
     """``x`` if ``x > 0`` else ``negative_slope * x``.
 
@@ -90,16 +99,23 @@ def leaky_relu(x, negative_slope: float = 0.01):
       x: input, any shape ``[...]``; the output has the same shape.
       negative_slope: slope for ``x <= 0`` (torch default 0.01); also the gradient at 0.
 
+    Raises:
+      ConfigError: if ``negative_slope`` is not a finite number (e.g. a string).
+
     Example:
       >>> leaky_relu(jnp.array([-1.0, 2.0]), 0.1)
       Array([-0.1,  2. ], dtype=float32)
     """
+    return _leaky_relu(x, _check_coef(negative_slope, "negative_slope", "leaky_relu"))
+
+
+@jax.jit
+def _leaky_relu(x, negative_slope):
     x = jnp.asarray(x)
     # Strict ``>`` so the gradient at 0 is ``negative_slope``, like torch.
     return jnp.where(x > 0, x, negative_slope * x)
 
 
-@jax.jit
 def elu(x, alpha: float = 1.0):
     """``x`` if ``x > 0`` else ``alpha * (exp(x) - 1)``.
 
@@ -107,10 +123,18 @@ def elu(x, alpha: float = 1.0):
       x: input, any shape ``[...]``; the output has the same shape.
       alpha: saturation value for ``x -> -inf`` is ``-alpha`` (torch default 1.0).
 
+    Raises:
+      ConfigError: if ``alpha`` is not a finite number (e.g. a string).
+
     Example:
       >>> elu(jnp.array([0.0, 1.0]))
       Array([0., 1.], dtype=float32)
     """
+    return _elu(x, _check_coef(alpha, "alpha", "elu"))
+
+
+@jax.jit
+def _elu(x, alpha):
     x = jnp.asarray(x)
     # Zero the unused branch's input: exp(large x) = inf would turn its zero
     # cotangent into a NaN gradient (where(), not minimum(), keeps grad(0) = alpha).
@@ -159,7 +183,6 @@ def tanh(x):
     return jnp.tanh(x)
 
 
-@jax.jit
 def softplus(x, beta: float = 1.0, threshold: float = 20.0):
     """``log(1 + exp(beta * x)) / beta``, linear (``x``) where ``beta * x > threshold``.
 
@@ -171,10 +194,23 @@ def softplus(x, beta: float = 1.0, threshold: float = 20.0):
       beta: sharpness (torch default 1.0).
       threshold: switch to the identity where ``beta * x > threshold`` (default 20.0).
 
+    Raises:
+      ConfigError: if ``beta`` is not a number > 0 (``beta=0`` would give inf everywhere) or
+        ``threshold`` is not a finite number.
+
     Example:
       >>> softplus(jnp.array([0.0, 30.0]))
       Array([ 0.6931472, 30.       ], dtype=float32)
     """
+    beta = _check_coef(beta, "beta", "softplus")
+    threshold = _check_coef(threshold, "threshold", "softplus")
+    if isinstance(beta, float) and beta <= 0:
+        raise ConfigError(f"softplus: beta must be > 0 (beta=0 divides by zero); got beta={beta!r}")
+    return _softplus(x, beta, threshold)
+
+
+@jax.jit
+def _softplus(x, beta, threshold):
     x = jnp.asarray(x)
     z = beta * x
     # logaddexp(z, 0) is the overflow-free log1p(exp(z)).
@@ -182,6 +218,9 @@ def softplus(x, beta: float = 1.0, threshold: float = 20.0):
 
 
 def _check_axis(name, x, axis):
+    if not is_int(axis):
+        raise ConfigError(f"{name}: axis must be an int (one axis, e.g. -1 for the channels); "
+                          f"got axis={axis!r}")
     if not -x.ndim <= axis < x.ndim:
         raise ShapeError(f"{name}: axis {axis} is out of range for input of shape {x.shape}")
 
@@ -195,6 +234,7 @@ def softmax(x, axis: int = -1):
         Unlike torch's ``dim`` it has a default.
 
     Raises:
+      ConfigError: if ``axis`` is not an int.
       ShapeError: if ``axis`` is out of range.
 
     Example:
@@ -214,6 +254,7 @@ def log_softmax(x, axis: int = -1):
       axis: the normalised axis; default -1, the channel axis (channels last).
 
     Raises:
+      ConfigError: if ``axis`` is not an int.
       ShapeError: if ``axis`` is out of range.
 
     Example:
@@ -239,7 +280,8 @@ def dropout(x, rate: float, *, key=None, train: bool = True):
       train: ``False`` (evaluation) returns ``x`` unchanged.
 
     Raises:
-      ConfigError: if ``rate`` is not in ``[0, 1)``, or a key is needed but missing.
+      ConfigError: if ``rate`` is not in ``[0, 1)``, ``train`` is not a bool, or a key is
+        needed but missing.
 
     Example:
       >>> y = dropout(jnp.ones((4, 8)), 0.5, key=jax.random.key(0))
@@ -251,7 +293,7 @@ def dropout(x, rate: float, *, key=None, train: bool = True):
     if not (0.0 <= rate < 1.0) or math.isnan(rate):
         raise ConfigError(
             f"dropout: rate is the probability of dropping and must be in [0, 1); got {rate!r}")
-    if not train or rate == 0:
+    if not check_bool(train, "train", "dropout") or rate == 0:
         return x
     if key is None:
         raise ConfigError(

@@ -61,15 +61,14 @@ def _check_like(where: str, arg: str, tree, params) -> None:
                              f"params; got {jnp.shape(a)}")
 
 
-def _value_fn(loss, has_aux):
-    """``loss`` without its aux output."""
-    if has_aux:
-        return lambda *a: loss(*a)[0]
-    return loss
+def _value_fn(loss, has_aux, where: str):
+    """``loss`` without its aux output, its output checked when traced (free): a scalar, or
+    ``(scalar, aux)`` with ``has_aux``."""
+    return lambda *a: _scalar_of(where, loss(*a), has_aux)
 
 
-def _check_scalar(where: str, loss, params, args, has_aux) -> None:
-    out = jax.eval_shape(loss, params, *args)
+def _scalar_of(where: str, out, has_aux):
+    """The scalar loss in ``out`` (an array or a ``jax.eval_shape`` result), or a ShapeError."""
     if has_aux:
         if not isinstance(out, tuple) or len(out) != 2:
             raise ShapeError(f"{where}: with has_aux=True, loss must return (scalar, aux); "
@@ -79,6 +78,11 @@ def _check_scalar(where: str, loss, params, args, has_aux) -> None:
         hint = " (pass has_aux=True if it returns (loss, aux))" if isinstance(out, tuple) else ""
         raise ShapeError(f"{where}: loss must return a scalar; got "
                          f"{getattr(out, 'shape', type(out).__name__)}{hint}")
+    return out
+
+
+def _check_scalar(where: str, loss, params, args, has_aux) -> None:
+    _scalar_of(where, jax.eval_shape(loss, params, *args), has_aux)
 
 
 def _check_positive(where: str, arg: str, value, allow_zero: bool = False) -> None:
@@ -227,7 +231,7 @@ def hvp(loss: Callable, params, v, *args, has_aux: bool = False):
     """
     _check_callable(loss, "loss", "hvp")
     _check_like("hvp", "v", v, params)
-    g = lambda p: jax.grad(_value_fn(loss, has_aux))(p, *args)
+    g = lambda p: jax.grad(_value_fn(loss, has_aux, "hvp"))(p, *args)
     return jax.jvp(g, (params,), (v,))[1]
 
 
@@ -308,7 +312,7 @@ def param_layout(params, wrt=None) -> tuple[LayoutEntry, ...]:
 def _flat_loss(loss, params, args, wrt, has_aux, where):
     chosen, rebuild, layout = _split(params, wrt, where)
     z, unravel = ravel_pytree(chosen)
-    value = _value_fn(loss, has_aux)
+    value = _value_fn(loss, has_aux, where)
     return (lambda zz: value(rebuild(unravel(zz)), *args)), z, unravel, rebuild, layout
 
 
@@ -362,7 +366,7 @@ def newton_step(loss: Callable, params, *args, damping: float = 1e-3, lr: float 
       params: the current parameters.
       *args: further arguments of ``loss`` (batch, state), not differentiated.
       damping: ``lambda >= 0`` added to the Hessian's diagonal.
-      lr: step length multiplier (1: the full Newton step).
+      lr: step length multiplier, a finite number > 0 (1: the full Newton step).
       wrt: which parameters to update (see :func:`hessian`); others stay fixed.
       has_aux: ``loss`` returns ``(scalar, aux)``; ``aux`` is ignored.
 
@@ -377,6 +381,7 @@ def newton_step(loss: Callable, params, *args, damping: float = 1e-3, lr: float 
     """
     _check_callable(loss, "loss", "newton_step")
     _check_positive("newton_step", "damping", damping, allow_zero=True)
+    _check_positive("newton_step", "lr", lr)
     _check_scalar("newton_step", loss, params, args, has_aux)
     f, z, unravel, rebuild, _ = _flat_loss(loss, params, args, wrt, has_aux, "newton_step")
     g = jax.grad(f)(z)
@@ -514,7 +519,7 @@ def hessian_free_step(loss: Callable, params, *args, damping: float = 1e-3, lr: 
     _check_callable(loss, "loss", "hessian_free_step")
     _check_positive("hessian_free_step", "damping", damping, allow_zero=True)
     _check_scalar("hessian_free_step", loss, params, args, has_aux)
-    grad_fn = lambda p: jax.grad(_value_fn(loss, has_aux))(p, *args)
+    grad_fn = lambda p: jax.grad(_value_fn(loss, has_aux, "hessian_free_step"))(p, *args)
     g, matvec = jax.linearize(grad_fn, params)
     res = cg_solve(matvec, g, damping=damping, maxiter=maxiter, tol=tol)
     return _axpy(-lr, res.x, params), res
@@ -565,7 +570,7 @@ def per_example_grads(loss: Callable, params, batch, *args, has_aux: bool = Fals
     """
     _check_callable(loss, "loss", "per_example_grads")
     _batch_size("per_example_grads", batch)
-    value = _value_fn(loss, has_aux)
+    value = _value_fn(loss, has_aux, "per_example_grads (called on a batch of one example)")
 
     def one(example):
         b1 = jax.tree_util.tree_map(lambda a: a[None], example)
@@ -698,6 +703,7 @@ def dp_sgd_grads(loss: Callable, params, batch, *args, key, max_norm: float,
       :class:`DPGrads` ``(grads, norms)``.
     """
     n = _batch_size("dp_sgd_grads", batch)
+    key = as_key(key, "dp_sgd_grads")
     _check_positive("dp_sgd_grads", "max_norm", max_norm)
     per = per_example_grads(loss, params, batch, *args, has_aux=has_aux)
     norms = per_example_norms(per)

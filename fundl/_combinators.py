@@ -358,6 +358,17 @@ class Node(NamedTuple):
     share: str | None = None
 
 
+def _names(value, arg: str, where: str) -> tuple[str, ...]:
+    """A name or a non-empty sequence of names (strings) as a tuple; a ConfigError otherwise."""
+    if isinstance(value, str):
+        return (value,)
+    names = tuple(value) if isinstance(value, Sequence) else None
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}: {arg} must be a name or a non-empty sequence of names "
+                          f"(strings, e.g. 'x' or ('a', 'b')); got {value!r}"[:300])
+    return names
+
+
 class Graph(Layer):
     """A general DAG of layers, with weight sharing between nodes.
 
@@ -392,7 +403,7 @@ class Graph(Layer):
     def __post_init__(self):
         super().__post_init__()
         where = self.where()
-        in_names = (self.inputs,) if isinstance(self.inputs, str) else tuple(self.inputs)
+        in_names = _names(self.inputs, "inputs", where)
         if len(set(in_names)) != len(in_names):
             raise ConfigError(f"{where}: input names must be unique; got {in_names}")
         nodes, known, owner = [], set(in_names), {}
@@ -401,7 +412,7 @@ class Graph(Layer):
             nodes.append(node)
             known.add(node.name)
             owner[node.name] = owner[node.share] if node.share is not None else node.name
-        outs = (self.outputs,) if isinstance(self.outputs, str) else tuple(self.outputs)
+        outs = _names(self.outputs, "outputs", where)
         for o in outs:
             if o not in known:
                 raise ConfigError(f"{where}: output {o!r} is not a graph input or node (known: "
@@ -418,7 +429,7 @@ class Graph(Layer):
                               f"share=None); got {node!r}")
         if node.name in known:
             raise ConfigError(f"{where}: node name {node.name!r} is used twice")
-        srcs = (node.inputs,) if isinstance(node.inputs, str) else tuple(node.inputs)
+        srcs = _names(node.inputs, "inputs", f"{where}: node {node.name!r}")
         for src in srcs:
             if src not in known:
                 raise ConfigError(f"{where}: node {node.name!r} reads {src!r}, which is neither a "

@@ -53,8 +53,8 @@ def export(model: Layer, params, state, input_shape, *, batch_polymorphic: bool 
       batch_polymorphic: a symbolic batch dimension (``jax.export`` shape
         polymorphism); ``False``: exactly ``input_shape``.
       dtype: the input's dtype.
-      platforms: ``jax.export`` platforms, e.g. ``('cpu', 'cuda')``; default:
-        the current backend.
+      platforms: ``jax.export`` platforms, a sequence of ``'cpu'``, ``'cuda'``, ``'rocm'``,
+        ``'tpu'`` (e.g. ``('cpu', 'cuda')``), or one such name; default: the current backend.
       metadata: extra ``{str: str}`` entries for the header (see :func:`fundl.io.save`).
 
     Returns:
@@ -76,6 +76,7 @@ def export(model: Layer, params, state, input_shape, *, batch_polymorphic: bool 
     if not isinstance(batch_polymorphic, bool):
         raise ConfigError(f"{fn}: batch_polymorphic must be True or False; got {batch_polymorphic!r}")
     user = _io._check_metadata(metadata, fn)
+    platforms = _check_platforms(platforms, fn)
     flat, empty = _io._flatten(params, state, fn)
     params, state = _io._unflatten(flat, empty, fn)  # host arrays, as load_exported gives them
     shapes = check_shape(input_shape, model)
@@ -87,6 +88,23 @@ def export(model: Layer, params, state, input_shape, *, batch_polymorphic: bool 
             "fundl.platforms": json.dumps(list(program.platforms)), **user}
     blob = np.frombuffer(bytes(program.serialize()), np.uint8)
     return _io._encode({**flat, "exported": blob}, empty, meta, _io.EXPORT_FORMAT)
+
+
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def _check_platforms(platforms, fn: str):
+    """``platforms`` as a tuple of names ``jax.export`` knows (``None`` stays ``None``)."""
+    if platforms is None:
+        return None
+    names = (platforms,) if isinstance(platforms, str) else platforms
+    names = tuple(names) if isinstance(names, Sequence) else ()
+    bad = [p for p in names if p not in PLATFORMS]
+    if not names or bad:
+        hint = " ('gpu' is 'cuda' or 'rocm')" if "gpu" in bad else ""
+        raise ConfigError(f"{fn}: platforms must be a non-empty sequence of {list(PLATFORMS)}"
+                          f"{hint}; got platforms={platforms!r}"[:300])
+    return names
 
 
 def _trace(model: Layer, params, state, shapes, dtype, batch_polymorphic: bool, platforms):

@@ -19,14 +19,16 @@ last); the ``fan_in_*`` helpers below map our layouts to PyTorch's numbers:
 """
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from . import _context
-from ._errors import ConfigError
+from ._errors import ConfigError, ShapeError
 from ._keys import as_key
 
 __all__ = [
@@ -50,19 +52,27 @@ def uniform(bound: float) -> Initializer:
     """``U(-bound, bound)``.
 
     Args:
-      bound: half-width of the interval (``>= 0``).
+      bound: half-width of the interval (a finite number ``>= 0``).
 
     Returns:
       An initialiser ``(key, shape, dtype=float32) -> array`` (``key``: a ``jax.random`` key
       or an int seed).
 
+    Raises:
+      ConfigError: if ``bound`` is not a number, negative or not finite.
+
     >>> w = uniform(0.1)(jax.random.key(0), (3, 4))
     >>> bool(abs(w).max() <= 0.1)
     True
     """
+    if getattr(bound, "shape", None) == () and not isinstance(bound, jax.core.Tracer):
+        bound = bound.item()  # a concrete 0-d array
+    if isinstance(bound, bool) or not isinstance(bound, numbers.Real):
+        raise ConfigError(f"uniform: bound must be a number (the half-width, >= 0); got "
+                          f"{type(bound).__name__} {bound!r}"[:200])
     bound = float(bound)
-    if not bound >= 0:
-        raise ConfigError(f"uniform: bound must be >= 0; got {bound!r}")
+    if not 0 <= bound < math.inf:
+        raise ConfigError(f"uniform: bound must be >= 0 and finite; got {bound!r}")
 
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(as_key(key, "initializer"), shape, dtype, -bound, bound)
@@ -73,30 +83,57 @@ def uniform(bound: float) -> Initializer:
 def torch_default(fan_in: int) -> Initializer:
     """PyTorch's default for weights and biases: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
 
-    Equals ``kaiming_uniform_(a=sqrt(5))`` for weights and PyTorch's bias rule
-    (bound 0 when ``fan_in == 0``, as PyTorch does).
+    Equals ``kaiming_uniform_(a=sqrt(5))`` for weights and PyTorch's bias rule.
 
     Args:
-      fan_in: number of inputs feeding one output unit (see the module doc).
+      fan_in: number of inputs feeding one output unit (see the module doc), an int ``>= 1``
+        (fundl's layers never have an empty input, so ``fan_in == 0``, where PyTorch would
+        use bound 0, is a mistake here).
 
     Returns:
       An initialiser ``(key, shape, dtype=float32) -> array``.
+
+    Raises:
+      ConfigError: if ``fan_in`` is not an int ``>= 1``.
 
     >>> b = torch_default(256)(jax.random.key(0), (200,))
     >>> bool(abs(b).max() <= 1 / 16)
     True
     """
-    return uniform(1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0)
+    if isinstance(fan_in, bool) or not isinstance(fan_in, numbers.Integral) or fan_in < 1:
+        raise ConfigError(f"torch_default: fan_in must be an int >= 1 (the inputs feeding one "
+                          f"output unit, e.g. fan_in_dense(w_shape)); got {fan_in!r}"[:200])
+    return uniform(1.0 / math.sqrt(fan_in))
+
+
+def _check_w_shape(w_shape, where: str, rank: int, form: str) -> tuple[int, ...]:
+    """``w_shape`` as a tuple of ints of rank ``>= rank``, or a ShapeError naming ``form``."""
+    try:
+        shape = tuple(int(d) for d in w_shape)
+    except (TypeError, ValueError):
+        shape = None
+    if shape is None or len(shape) < rank:
+        raise ShapeError(f"{where}: w_shape must be a weight shape {form}; got {w_shape!r}"[:200])
+    return shape
 
 
 def fan_in_dense(w_shape) -> int:
-    """``fan_in`` of a Dense weight ``[in, out]``: ``in``."""
-    return int(w_shape[0])
+    """``fan_in`` of a Dense weight ``[in, out]``: ``in``.
+
+    Raises:
+      ShapeError: if ``w_shape`` is not a shape of rank >= 1.
+    """
+    return _check_w_shape(w_shape, "fan_in_dense", 1, "[in, out]")[0]
 
 
 def fan_in_conv(w_shape) -> int:
-    """``fan_in`` of a Conv weight ``[*kernel, C_in // groups, C_out]``."""
-    return math.prod(int(d) for d in w_shape[:-1])
+    """``fan_in`` of a Conv weight ``[*kernel, C_in // groups, C_out]``.
+
+    Raises:
+      ShapeError: if ``w_shape`` is not a shape of rank >= 2.
+    """
+    shape = _check_w_shape(w_shape, "fan_in_conv", 2, "[*kernel, C_in // groups, C_out]")
+    return math.prod(shape[:-1])
 
 
 def fan_in_conv_transpose(w_shape) -> int:
@@ -104,8 +141,13 @@ def fan_in_conv_transpose(w_shape) -> int:
 
     PyTorch's layout is ``(C_in, C_out // groups, *kernel)`` and it reads dim 1
     as the fan-in, giving ``C_out // groups * prod(kernel)``.
+
+    Raises:
+      ShapeError: if ``w_shape`` is not a shape of rank >= 2.
     """
-    return int(w_shape[-1]) * math.prod(int(d) for d in w_shape[:-2])
+    shape = _check_w_shape(w_shape, "fan_in_conv_transpose", 2,
+                           "[*kernel, C_in, C_out // groups]")
+    return shape[-1] * math.prod(shape[:-2])
 
 
 def torch_dense_init(key, shape, dtype=jnp.float32):
@@ -148,10 +190,24 @@ def ones(key, shape, dtype=jnp.float32):
 
 
 def check_initializer(fn, arg: str, where: str):
-    """Raise ConfigError unless ``fn`` is None or callable (checked at construction)."""
+    """Raise ConfigError unless ``fn`` is None or a callable that accepts ``(key, shape,
+    dtype)`` (checked at construction; a signature Python cannot read passes)."""
     if fn is not None and not callable(fn):
         raise ConfigError(f"{where}: {arg} must be a callable (key, shape, dtype) -> array, "
                           f"e.g. jax.nn.initializers.lecun_normal(); got {fn!r}")
+    if fn is None:
+        return fn
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C callable: not readable, trusted
+        return fn
+    try:
+        sig.bind(None, None, None)
+    except TypeError:
+        raise ConfigError(f"{where}: {arg} must accept (key, shape, dtype), as the "
+                          f"initialisers of jax.nn.initializers do, e.g. lambda key, shape, "
+                          f"dtype: jnp.zeros(shape, dtype); got {fn!r} with signature "
+                          f"{sig}"[:300]) from None
     return fn
 
 

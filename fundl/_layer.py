@@ -32,9 +32,10 @@ from typing import Any, ClassVar
 
 import jax
 
-from . import _context, _fields
+from . import _context, _fields, _modes
 from ._errors import ConfigError, ShapeError
 from ._keys import as_key, as_optional_key
+from ._patterns import matches
 
 Shape = tuple  # a tuple of ints, e.g. (N, H, W, C); multi-input layers take a tuple of shapes
 Params = Any   # a (possibly empty) dict pytree of arrays
@@ -322,7 +323,8 @@ class Layer:
           train: training mode (dropout active, batch statistics used and
             updated), or a mapping ``{path pattern: bool}`` choosing it per
             layer (first matching pattern wins; unmatched layers evaluate),
-            e.g. ``{'backbone': False, '*': True}``. Default: ``False`` at
+            e.g. ``{'backbone': False, '*': True}``; a pattern matching no layer
+            (nor parameter) path is refused as a typo. Default: ``False`` at
             the top level; inside another layer's ``forward``, that layer's mode.
 
         Returns:
@@ -372,15 +374,47 @@ def _check_hooks(cls) -> None:
 
 def _apply_root(layer: Layer, params, state, x, key, train, ctx):
     """The outermost apply: check the mode and the trees, then apply with the context set."""
-    from . import _modes, _paramcheck
+    from . import _paramcheck
 
     train = False if train is None else train
     key = as_optional_key(key, f"{layer.label()}.apply")
     modes = _modes.from_train(train, layer)
+    if modes is not None:
+        modes = _SeenModes(modes.rules)
     want = _paramcheck.check(layer, params, state, x)
     with _context.using(root=len(ctx.path), modes=modes, expected=want):
         mode = modes.mode(()) if modes is not None else bool(train)
-        return _forward_in_scope(layer, params, state, x, key, mode)
+        out = _forward_in_scope(layer, params, state, x, key, mode)
+    if modes is not None:
+        modes.check_used(layer, params)
+    return out
+
+
+class _SeenModes(_modes.Modes):
+    """:class:`fundl._modes.Modes` that records the layer paths it was asked about, so that a
+    ``train`` pattern matching no layer (a typo: ``{'fc9/*': False}``) is refused, as
+    ``fit(frozen=...)`` refuses one matching no parameter (a parameter path counts: fit's
+    ``frozen=('*/w',)`` becomes ``train={'*/w': False, '*': True}``)."""
+
+    def __init__(self, rules):
+        super().__init__(rules)
+        self.seen = []
+
+    def mode(self, path):
+        self.seen.append("/".join(path))
+        return super().mode(path)
+
+    def check_used(self, layer, params):
+        from ._freeze import _path
+        leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+        paths = self.seen + [_path(kp) for kp, _ in leaves]
+        for pattern, _ in self.rules:
+            if not any(matches(p, pattern) for p in paths):
+                paths = ", ".join(repr(p) for p in dict.fromkeys(self.seen) if p)
+                raise ConfigError(
+                    f"{layer.label()}.apply: train pattern {pattern!r} matches no layer of the "
+                    f"model (a typo?); patterns are layer paths relative to the model, e.g. "
+                    f"'*' or one of: {paths[:300]}")
 
 
 def _forward_in_scope(layer: Layer, params, state, x, key, train):

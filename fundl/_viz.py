@@ -293,7 +293,8 @@ def trace(fn: Callable, *args, grad: bool = False, argnums: int = 0, expand: boo
       grad: draw ``jax.grad(fn, argnums)`` instead: the forward operations and
         the backward ones (marked ``backward``, in ``(backward)`` clusters);
         ``fn`` must return a scalar.
-      argnums: which argument(s) ``grad`` differentiates.
+      argnums: which argument(s) ``grad`` differentiates: an int or a sequence of ints
+        indexing ``args`` (checked even without ``grad``).
       expand: draw the insides of ``jit`` / ``custom_jvp`` / ``custom_vjp`` /
         ``checkpoint`` calls as clusters; ``False`` keeps each call one node;
         an int limits the nesting depth.
@@ -320,6 +321,9 @@ def trace(fn: Callable, *args, grad: bool = False, argnums: int = 0, expand: boo
         depth = expand
     else:
         raise ConfigError(f"trace: expand must be True, False or a depth >= 0; got {expand!r}")
+    _check_args(fn, args)
+    if grad or argnums != 0:  # the default 0 is fine without grad, even for fn()
+        argnums = _check_argnums(argnums, len(args))
     names = _arg_names(fn, len(args))
     if grad:
         out = jax.eval_shape(fn, *args)
@@ -358,6 +362,34 @@ def trace(fn: Callable, *args, grad: bool = False, argnums: int = 0, expand: boo
     if prune:
         nodes, edges = _prune(nodes, edges)
     return Dag(tuple(nodes), tuple(edges), tuple(b.clusters))
+
+
+def _check_args(fn, args) -> None:
+    """Refuse example arguments ``fn`` cannot take (e.g. none at all), before tracing."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # not readable (a builtin): tracing will tell
+        return
+    try:
+        sig.bind(*args)
+    except TypeError as e:
+        raise ConfigError(f"trace: fn{sig} cannot take the {len(args)} example argument(s) "
+                          f"given ({e}); pass fn's example arguments after it (only shapes and "
+                          "dtypes matter): graph(fn, *args) or trace(fn, *args), e.g. "
+                          "graph(loss, params, x)") from None
+
+
+def _check_argnums(argnums, n: int):
+    """``argnums`` (an int or a sequence of ints) within the ``n`` arguments, made >= 0."""
+    nums = (argnums,) if isinstance(argnums, int) else argnums
+    ok = isinstance(nums, (tuple, list)) and len(nums) > 0 and all(
+        isinstance(i, int) and not isinstance(i, bool) and -n <= i < n for i in nums)
+    if not ok:
+        raise ConfigError(f"trace: argnums must be an int or a non-empty sequence of ints "
+                          f"indexing fn's {n} example argument(s) (0..{n - 1}); got "
+                          f"argnums={argnums!r}")
+    fixed = tuple(i % n for i in nums)
+    return fixed[0] if isinstance(argnums, int) else fixed
 
 
 def _prune(nodes, edges):

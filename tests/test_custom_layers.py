@@ -285,3 +285,27 @@ def test_readme_shows_the_summary_it_prints():
     tables = [t for t in re.findall(r"```text\n(.*?)```", README.read_text(), flags=re.S)
               if "attn/q" in t]
     assert tables == [str(fundl.summary(net, (1, 6, 4))) + "\n"]
+
+
+def test_function_layer_apply_without_key_and_train():
+    """``L.layer``'s apply gets ``key=`` / ``train=`` only if it accepts them."""
+    init = lambda key, shape: (shape, {"a": jnp.full((), 2.0)})  # noqa: E731
+    x = jnp.ones((2, 3))
+    plain = L.layer("Scale", None, init, lambda p, a: p["a"] * a)
+    np.testing.assert_allclose(plain.apply(plain.init(jax.random.key(0), (2, 3))[1], x), 2 * x)
+    seen = {}
+
+    def only_train(p, a, *, train):
+        seen["train"] = train
+        return a
+
+    lay = L.layer("T", None, init, only_train)
+    lay.apply(lay.init(jax.random.key(0), (2, 3))[1], x, train=True)
+    assert seen == {"train": True}
+    st = L.stateful_layer("St", None, lambda k, s: (s, {}, {"n": jnp.zeros(())}),
+                          lambda p, s, a: (a, {"n": s["n"] + 1}))
+    _, p, s = st.init(jax.random.key(0), (2, 3))
+    assert float(st.apply(p, x, state=s)[1]["n"]) == 1.0
+    with pytest.raises(fundl.ConfigError, match=r"'st'.*apply must have the signature \(params, "
+                                                r"state, x"):
+        L.stateful_layer("St", None, lambda k, s: (s, {}, {}), lambda p, a: a)
