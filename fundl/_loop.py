@@ -86,6 +86,13 @@ def _weighted_sums(metrics: list, sizes, params):
 _copy_trees = jax.jit(lambda trees: jax.tree.map(jnp.copy, trees))
 
 
+def _first_copy(tree):
+    """This process's first copy of every array replicated over several devices (data-parallel
+    params), so that the finiteness check runs on the device that holds the metrics (no copy)."""
+    return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array)
+                        and len(a.sharding.device_set) > 1 else a, tree)
+
+
 class _MetricSums:
     """Batch-size-weighted metric sums: on the device between reads, float64 on the host after."""
 
@@ -107,7 +114,7 @@ class _MetricSums:
         if not self.pending:
             return None
         window = jax.device_get(_weighted_sums(self.pending, np.asarray(self.sizes, np.float32),
-                                               params))
+                                               _first_copy(params)))
         self.weight += float(window["_weight"])
         for name, value in window.items():
             if not name.startswith("_"):
