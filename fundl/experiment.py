@@ -243,6 +243,11 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
     _check_export_paths(out, export_params=export_params, export_model=export_model)
     primary = jax.process_index() == 0  # the one process that writes logs, plots and the lock
     transform = transform or (lambda a: np.asarray(a, np.float32))
+    if init_from is not None and not (resume and _steps(out / "checkpoints")):
+        # Read and checked before anything in ``out`` is written: a bad file leaves no trace.
+        init_from = (init_from, _read_init(init_from, model, (batch_size, *x_train.shape[1:])))
+    else:
+        init_from = None  # none given, or a resume that continues from a checkpoint
     records, lock = _open_run_dir(out, dict(config or {}), resume=resume, force=force,
                                   primary=primary)
     try:
@@ -403,8 +408,8 @@ def _init_or_restore(model, optimizer, root, input_shape, out: pathlib.Path, *, 
     # One compiled init instead of one small compilation per layer.
     _, params, state = jax.jit(model.init_with_state, static_argnums=1)(root, input_shape)
     directory = out / "checkpoints"
-    if init_from is not None and not (resume and _steps(directory)):
-        params, state = _init_from(init_from, model, input_shape, params, state)
+    if init_from is not None:  # (path, (params, state)) read by run() before writing anything
+        params, state = _init_from(*init_from, params, state)
     opt_state = jax.jit(optimizer.init)(params)
     start, kept = 0, []
     if resume:
@@ -426,13 +431,18 @@ def _init_or_restore(model, optimizer, root, input_shape, out: pathlib.Path, *, 
     return (params, state, opt_state), _checkpoint_manager(directory), start, kept
 
 
-def _init_from(path, model, input_shape, params, state):
-    """``(params, state)`` read from ``path``, checked against ``model``, cast to the dtypes of
-    the fresh ``params``/``state``; a file fundl.io did not write goes to :func:`_load_init`."""
+def _read_init(path, model, input_shape):
+    """``(params, state)`` read from ``path`` and checked against ``model``; a file fundl.io did
+    not write goes to :func:`_load_init`."""
     try:
-        loaded = _io.load(path, model=model, input_shape=input_shape)
+        return _io.load(path, model=model, input_shape=input_shape)
     except NotFundlFileError:
-        loaded = _load_init(path, model, input_shape)
+        return _load_init(path, model, input_shape)
+
+
+def _init_from(path, loaded, params, state):
+    """``loaded = (params, state)`` (from :func:`_read_init`) cast to the dtypes of the fresh
+    ``params``/``state``."""
     params, state = jax.tree.map(lambda a, fresh: jax.numpy.asarray(a, fresh.dtype), loaded,
                                  (params, state))
     print(f"initialised from {path}", flush=True)

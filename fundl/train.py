@@ -425,6 +425,7 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
         ``allow_nonfinite``). The message names the first bad value and its index.
       ConfigError: a ``transform`` or ``loss_fn`` that is not callable, a bad ``batch_size``.
     """
+    _check_model(model, "evaluate")
     x, y = _check_data(data, "evaluate", "data")
     _check_batch_size(batch_size, "evaluate")
     _argcheck.check_callable(transform, "transform", "evaluate", "transform(x_batch) -> x_batch",

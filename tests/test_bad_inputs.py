@@ -607,7 +607,7 @@ SECTIONS["train"] = [
     row("evaluate-batch-size-zero", lambda: _evaluate(batch_size=0), ConfigError, "evaluate", "batch_size must be a positive int"),
     row("evaluate-batch-size-negative", lambda: _evaluate(batch_size=-4), ConfigError, "batch_size", "-4"),
     row("evaluate-batch-size-float", lambda: _evaluate(batch_size=2.5), ConfigError, "batch_size", "2.5"),
-    row("evaluate-model-not-layer", lambda: _evaluate(model="net"), ConfigError, "model must be a fundl Layer", "got str"),
+    row("evaluate-model-not-layer", lambda: _evaluate(model="net"), ConfigError, "evaluate: model must be a fundl Layer", "got str"),
     row("evaluate-params-of-other-model", lambda: _evaluate(params={"fc": _DENSE_P}), ShapeError, "fc1", "params is missing"),
     row("evaluate-wrong-features", lambda: _evaluate((np.ones((8, 6), np.float32), _YS)), ShapeError, "6 features"),
     # ---- fit

@@ -240,3 +240,19 @@ def test_two_runners_on_one_directory_one_refused(tmp_path):
     assert "DirectoryInUseError" in err and "in use by another runner: PID" in err, err
     assert [r["epoch"] for r in E.read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
     assert not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize("content, exc", [(None, FileNotFoundError),
+                                          (b"abc", fundl.io.CorruptFileError),
+                                          ("other model", fundl.ShapeError)])
+def test_a_bad_init_from_file_is_refused_before_out_is_created(tmp_path, content, exc):
+    """``init_from`` is read and checked against the model before anything in ``out`` exists."""
+    path = tmp_path / "init.safetensors"
+    if content == "other model":
+        _, params = L.Serial(L.Flatten(), L.Dense(3, name="fc")).init(0, (1, 4, 4, 1))
+        fundl.io.save(path, params)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(exc):
+        _run(tmp_path / "run", init_from=path)
+    assert not (tmp_path / "run").exists()
