@@ -19,6 +19,8 @@ import fundl
 import fundl.layers as L
 from fundl import experiment as E
 
+pytestmark = pytest.mark.slow  # every test trains runs and writes Orbax checkpoints (3-12 s each)
+
 
 def _data():
     rng = np.random.default_rng(0)

@@ -93,6 +93,7 @@ def test_out_must_not_be_a_file(tmp_path):
     assert f.read_text() == "x"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing", "garbled"])
 def test_resume_without_a_readable_config_needs_force(run_copy, damage):
     config = run_copy / "config.json"
@@ -111,6 +112,7 @@ def test_resume_without_a_readable_config_needs_force(run_copy, damage):
     assert json.loads(config.read_text()) == {"lr": 0.01}  # rewritten with this run's settings
 
 
+@pytest.mark.slow
 def test_resume_without_config_or_checkpoints_starts_afresh(tmp_path, capsys):
     _run(tmp_path / "run", resume=True, epochs=1)
     assert "no checkpoint" in capsys.readouterr().out
@@ -127,6 +129,7 @@ def test_the_runners_have_a_force_flag():
 
 # -- metrics.jsonl ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_truncated_last_metrics_line_is_dropped_with_a_warning(run_copy):
     path = run_copy / "metrics.jsonl"
     path.write_text(path.read_text() + '{"epoch": 3, "train_lo')
@@ -198,6 +201,7 @@ def test_an_unreadable_lock_is_refused(tmp_path):
         _run(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_dead_process_is_taken_over(run_copy):
     pid = _dead_pid()
     _write_lock(run_copy, pid)
@@ -207,6 +211,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(run_copy):
     assert not (run_copy / ".lock").exists()  # released at the end
 
 
+@pytest.mark.slow
 def test_the_lock_is_held_while_the_run_trains(tmp_path):
     """``transform`` runs during training: it sees OUT/.lock with this process's PID (the
     up-front data check also calls it once, before the directory exists)."""
