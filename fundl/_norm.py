@@ -27,6 +27,8 @@ from ._util import check_bool, check_real
 
 __all__ = ["BatchNorm", "LayerNorm"]
 
+STEP_AXIS = "data"  # the device axis of make_train_step's data-parallel forms (_parallel.DATA_AXIS)
+
 
 def _bcast(v, ndim: int):
     """``[C] -> [1, ..., 1, C]``: explicit, since strict mode forbids rank promotion."""
@@ -105,7 +107,12 @@ class BatchNorm(Layer):
         to average the batch statistics over (cross-replica / synchronised
         BN); every shard must hold the same number of elements. Not needed
         with ``make_train_step(..., parallel=...)``, which chooses synchronised
-        or per-device statistics with its ``sync_batch_stats`` argument.
+        or per-device statistics with its ``sync_batch_stats`` argument; there,
+        ``axis_name='data'`` (the step's device axis) means synchronised
+        statistics over all the step's devices in every form, whatever
+        ``sync_batch_stats`` says, and any other name is a ConfigError when the
+        step is traced (so is, in training mode, an axis name that no
+        ``vmap``/``pmap``/``shard_map`` around the call binds).
       name: parameter key (default ``'batch_norm'``).
 
     Params: ``{'scale': [C] ones, 'bias': [C] zeros}`` (``{}`` if not affine).
@@ -156,11 +163,39 @@ class BatchNorm(Layer):
         return c
 
     def _mode(self):
-        """``(axis_name, sync, groups)``: own axis, else the data-parallel step's setting."""
+        """``(axis_name, sync, groups)``: own axis, else the data-parallel step's setting.
+
+        Inside a data-parallel step, an own ``axis_name`` equal to the step's device axis
+        (``'data'``) asks for synchronised statistics over the step's devices; in the
+        global-view forms (``'sharded'``, ``'fsdp'``) that axis is not a mapped one, so it
+        means the whole global batch's statistics (what ``sync_batch_stats=True`` gives).
+        """
         mode = _context.current().batch_stats
         if self.axis_name is None and mode is not None:
             return mode.axis_name, mode.sync, mode.groups
+        if mode is not None and mode.axis_name is None and self.axis_name == STEP_AXIS:
+            return None, True, 1
         return self.axis_name, True, 1
+
+    def _check_axis_bound(self, lab, ax):
+        """A ``ConfigError`` (not JAX's unbound-axis ``NameError`` deep in a trace) when an own
+        ``axis_name`` is not a mapped axis where the layer is traced in training mode."""
+        for name in (ax if isinstance(ax, tuple) else (ax,)):
+            try:
+                jax.lax.axis_size(name)
+            except NameError:
+                in_step = _context.current().batch_stats is not None
+                raise ConfigError(
+                    f"{lab}: axis_name={name!r} is not a mapped axis here (training mode needs "
+                    "it to average the batch statistics). "
+                    + ("Inside make_train_step(..., parallel=...) build BatchNorm without "
+                       "axis_name (the step's sync_batch_stats chooses synchronised or "
+                       f"per-device statistics), or with axis_name={STEP_AXIS!r}, the step's "
+                       "device axis" if in_step else
+                       "Call the model under jax.vmap/jax.pmap/jax.shard_map with "
+                       f"axis_name={name!r}, or build BatchNorm without axis_name (for data "
+                       "parallel training use make_train_step(..., parallel='sharded'))")
+                    + "; eval mode (train=False) needs no axis") from None
 
     def forward(self, params, x, *, state, key, train):
         lab = self.label()
@@ -172,6 +207,8 @@ class BatchNorm(Layer):
         # Work on [G, N/G, ..., C]: G = 1 but for per-device ("ghost") statistics in a
         # global-view data-parallel step (see batch_stats_mode); statistics are [G, 1, ..., C].
         ax, sync, groups = self._mode()
+        if train and ax is not None:
+            self._check_axis_bound(lab, ax)
         if train and groups > 1 and shape[0] % groups:
             raise ShapeError(f"{lab}: per-device batch statistics over {groups} devices need a "
                              f"batch divisible by {groups}; got input shape {tuple(shape)}")

@@ -24,9 +24,9 @@ from ._argcheck import check_scalar_loss
 from ._precision import Policy, all_finite, cast_floating
 from ._errors import ConfigError, ShapeError
 from ._keys import as_optional_key
-from ._norm import batch_stats_mode
+from ._norm import STEP_AXIS, batch_stats_mode
 
-DATA_AXIS = "data"
+DATA_AXIS = STEP_AXIS  # one name, defined beside BatchNorm (which resolves its own axis_name against it)
 PARALLEL = (None, "sharded", "pmap")
 
 

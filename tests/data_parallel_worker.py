@@ -28,8 +28,9 @@ def main():  # everything inside: importing this module (pytest --doctest-module
 
     STEPS, N = 2, 16
 
-    def bn_model(rate):
-        return L.Serial(L.Flatten(), L.Dense(8, name="hidden"), L.BatchNorm(name="bn"), L.ReLU(),
+    def bn_model(rate, axis_name=None):
+        return L.Serial(L.Flatten(), L.Dense(8, name="hidden"),
+                        L.BatchNorm(name="bn", axis_name=axis_name), L.ReLU(),
                         L.Dropout(rate), L.Dense(3, name="head"))
 
     mlp = L.Serial(L.Flatten(), L.Dense(8, name="hidden"), L.ReLU(), L.Dense(3, name="head"))
@@ -70,6 +71,11 @@ def main():  # everything inside: importing this module (pytest --doctest-module
     out["per_device_pmap_vs_sharded"] = diff(
         train(bn_model(0.0), "pmap", dropout=False, sync_batch_stats=False), ghost)
     out["per_device_vs_sync"] = diff(ghost, single0)  # must be clearly non-zero
+    # BatchNorm built with axis_name='data' (the step's device axis): synchronised statistics
+    # in both forms, even with sync_batch_stats=False.
+    for form in ("sharded", "pmap"):
+        out[f"own_axis_data_{form}_vs_single"] = diff(
+            train(bn_model(0.0, "data"), form, dropout=False, sync_batch_stats=False), single0)
     acc = train(bn_model(0.5), None, accumulate=2)
     out["accumulate_sharded_vs_single"] = diff(train(bn_model(0.5), "sharded", accumulate=2), acc)
     out["accumulate_pmap_vs_sharded"] = diff(

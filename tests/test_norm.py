@@ -252,3 +252,59 @@ def test_shape_errors():
     _, p = ln.init(KEY, (2, 3))
     with pytest.raises(ShapeError, match=r"LayerNorm 'ln'.*4 channels.*\(3,\)"):
         ln.apply(p, _data((2, 4)))
+
+
+# -- BatchNorm with its own axis_name inside train steps ---------------------------------
+
+def _bn_net(axis_name):
+    return Serial(Conv(4, 3, padding=1, name="conv"), BatchNorm(axis_name=axis_name, name="bn"),
+                  ReLU(), name="net")
+
+
+def _bn_step(axis_name, parallel):
+    import optax
+
+    from fundl.layers import Dense, Flatten
+    from fundl.train import make_train_step, replicate, unreplicate
+    model = Serial(_bn_net(axis_name), Flatten(), Dense(3, name="head"))
+    x, y = _data((4, 5, 5, 2)), np.array([0, 1, 2, 1], np.int32)
+    _, p, s = model.init_with_state(KEY, x.shape)
+    opt = optax.sgd(0.1)
+    trees = (p, s, opt.init(p))
+    step = make_train_step(model, opt, parallel=parallel, donate=False)
+    if parallel == "pmap":
+        return unreplicate(step(*replicate(trees), (x, y), None)[:2])
+    return step(*trees, (x, y), None)[:2]
+
+
+@pytest.mark.parametrize("parallel", ["sharded", "pmap"])
+def test_own_axis_name_data_in_parallel_step_equals_plain_step(parallel):
+    want = _bn_step(None, None)
+    got = _bn_step("data", parallel)
+    for u, v in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("axis_name, parallel, hint", [
+    ("batch", "sharded", "build BatchNorm without axis_name"),
+    ("batch", "pmap", "build BatchNorm without axis_name"),
+    (("data", "model"), "pmap", "axis_name='model' is not a mapped axis"),
+    ("batch", None, "Call the model under jax.vmap/jax.pmap/jax.shard_map with axis_name='batch'"),
+    ("data", None, "Call the model under jax.vmap"),  # one-device step: no device axis at all
+])
+def test_own_unbound_axis_name_is_a_config_error_when_traced(axis_name, parallel, hint):
+    with pytest.raises(ConfigError) as info:
+        _bn_step(axis_name, parallel)
+    msg = str(info.value)
+    for part in ("BatchNorm 'serial/net/bn'", "is not a mapped axis here", hint):
+        assert part in msg, (part, msg)
+
+
+def test_own_axis_name_outside_any_map():
+    bn = BatchNorm(axis_name="b", name="bn")
+    x = _data((4, 3))
+    _, params, state = bn.init(KEY, x.shape)
+    with pytest.raises(ConfigError, match="BatchNorm 'bn': axis_name='b' is not a mapped axis"):
+        bn.apply(params, x, state=state, train=True)
+    y, new = bn.apply(params, x, state=state, train=False)  # eval mode needs no axis
+    assert y.shape == x.shape and new is state
