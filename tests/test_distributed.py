@@ -4,7 +4,11 @@ The two-process job itself is tests/test_multihost.py.
 """
 from __future__ import annotations
 
+import json
 import os
+import pathlib
+import re
+import shlex
 
 import jax
 import jax.numpy as jnp
@@ -178,3 +182,81 @@ def test_nothing_set_and_no_cluster(monkeypatch):
     with pytest.raises(ConfigError, match="no multi-process settings found .coordinator_address "
                        "should be defined.*launch with srun"):
         dist.initialize()
+
+
+# ----------------------------------------------------------------- the README's launch recipes
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_block(lang, marker):
+    blocks = [b for b in re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+              if marker in b]
+    assert len(blocks) == 1, f"one ```{lang} block with {marker!r} in the README"
+    return blocks[0]
+
+
+def _training_flags(argv):
+    """``--batch-size`` and whether ``--data-parallel`` is given, from a cifar10.py command."""
+    assert "experiments/cifar10.py" in argv and "--data-parallel" in argv, argv
+    return int(argv[argv.index("--batch-size") + 1])
+
+
+def test_readme_sbatch_script_is_consistent(monkeypatch, jax_init):
+    script = _readme_block("bash", "#SBATCH")
+    opts = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", script, flags=re.M))
+    nodes, per_node = int(opts["nodes"]), int(opts["ntasks-per-node"])
+    assert int(opts["gpus-per-node"]) == per_node  # one task per GPU, each seeing all of them
+    assert "gpus-per-task" not in opts and "gpu-bind" not in opts
+    assert "cpus-per-task" in opts and '--cpus-per-task="$SLURM_CPUS_PER_TASK"' in script
+    command = " ".join(line.rstrip("\\ ") for line in script.splitlines()
+                       if not line.startswith("#") and line.strip())
+    assert command.startswith("srun ")  # python straight in the batch script would train alone
+    batch = _training_flags(shlex.split(command))
+    assert batch % (nodes * per_node) == 0
+    assert f"{batch} = {nodes * per_node} processes x {batch // (nodes * per_node)} per GPU" in script
+    # The last task of that step, as srun starts it: JAX's detection takes over.
+    srun_env(monkeypatch, nodes * per_node, nodes * per_node - 1)
+    monkeypatch.setenv("SLURM_LOCALID", str(per_node - 1))
+    assert dist.requested()
+    assert dist._resolve() == ({"coordinator_address": None, "num_processes": None,
+                                "process_id": None}, "slurm")
+
+
+def test_readme_kubernetes_manifest_is_consistent(monkeypatch, jax_init):
+    text = _readme_block("yaml", "completionMode: Indexed")
+    try:
+        import yaml
+    except ImportError:  # key fields by pattern
+        field = lambda k: re.findall(rf"^\s*-?\s*{k}: (\S+)", text, flags=re.M)  # noqa: E731
+        service, job = {"name": field("name")[0]}, {"name": field("name")[1]}
+        spec = {k: field(k)[0] for k in ("completionMode", "completions", "parallelism",
+                                         "subdomain", "job-name", "clusterIP")}
+        env = dict(zip(re.findall(r"- name: (FUNDL_\w+)", text),
+                       [v.strip('"') for v in re.findall(r"value: (\S+)", text)]))
+        argv = json.loads(re.search(r"command: (\[.*?\])", text, flags=re.S).group(1))
+    else:
+        svc_doc, job_doc = yaml.safe_load_all(text)
+        assert (svc_doc["kind"], job_doc["kind"]) == ("Service", "Job")
+        service, job = svc_doc["metadata"], job_doc["metadata"]
+        pod = job_doc["spec"]["template"]["spec"]
+        spec = {**job_doc["spec"], "subdomain": pod["subdomain"],
+                "job-name": svc_doc["spec"]["selector"]["job-name"],
+                "clusterIP": svc_doc["spec"]["clusterIP"]}
+        (container,) = pod["containers"]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        argv = container["command"]
+        gpus = container["resources"]["limits"]["nvidia.com/gpu"]
+        assert _training_flags(argv) % (int(spec["parallelism"]) * gpus) == 0
+    assert spec["completionMode"] == "Indexed" and spec["clusterIP"] in (None, "None")
+    assert spec["job-name"] == job["name"] and spec["subdomain"] == service["name"]
+    n = int(spec["completions"])
+    assert n == int(spec["parallelism"]) == int(env["FUNDL_NUM_PROCESSES"]) > 1
+    assert env["FUNDL_COORDINATOR"].startswith(f"{job['name']}-0.{service['name']}:")
+    _training_flags(argv)
+    # The last pod, as Kubernetes starts it.
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", str(n - 1))
+    assert dist.requested()
+    assert dist._resolve() == ({"coordinator_address": env["FUNDL_COORDINATOR"], "num_processes": n,
+                                "process_id": n - 1, "cluster_detection_method": "deactivate"}, "k8s")
