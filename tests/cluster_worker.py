@@ -85,6 +85,7 @@ def pipeline(parallel):
 
     import fundl.layers as L
     from fundl.data import augment_cifar
+    # private on purpose: the very data pipeline and device augmentation run() trains with
     from fundl.experiment import _data_pipeline, _device_augment
     from fundl.train import make_train_step
     step = make_train_step(L.Serial(L.Flatten(), L.Dense(4)), optax.sgd(0.1),

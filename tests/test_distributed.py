@@ -34,6 +34,15 @@ def jax_init(monkeypatch):
     return calls
 
 
+def resolved(jax_init):
+    """What ``initialize()`` hands ``jax.distributed.initialize`` (mocked) in this environment."""
+    dist.initialize()
+    return jax_init.pop()
+
+
+SLURM_DEFERS = {"coordinator_address": None, "num_processes": None, "process_id": None}
+
+
 def srun_env(monkeypatch, ntasks, procid=0, **extra):
     """What ``srun -N1 -n NTASKS`` exports to task PROCID (JAX reads the first five)."""
     env = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[007-008]", "SLURM_NTASKS": str(ntasks),
@@ -98,11 +107,9 @@ def test_explicit_settings_switch_jax_detection_off(monkeypatch, jax_init):
 def test_slurm_task_defers_to_jax_detection(monkeypatch, jax_init):
     srun_env(monkeypatch, 2, 1)
     assert dist.requested()
-    dist.initialize()
-    assert jax_init == [{"coordinator_address": None, "num_processes": None, "process_id": None}]
+    assert resolved(jax_init) == SLURM_DEFERS
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "node7:4321")  # JAX's own override of the address
-    assert dist._resolve() == ({"coordinator_address": "node7:4321", "num_processes": None,
-                                "process_id": None}, "slurm")
+    assert resolved(jax_init) == dict(SLURM_DEFERS, coordinator_address="node7:4321")
 
 
 def test_slurm_one_task_or_no_srun_is_not_multiprocess(monkeypatch, jax_init):
@@ -147,12 +154,11 @@ def test_k8s_indexed_job(monkeypatch, jax_init):
     dist.initialize()
     assert jax_init == [{"coordinator_address": "cifar10-0.cifar10:1234", "num_processes": 2,
                          "process_id": 1, "cluster_detection_method": "deactivate"}]
-    assert dist._resolve()[1] == "k8s"
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
     with pytest.raises(ConfigError, match=r"process_id=2 \(from JOB_COMPLETION_INDEX\)"):
         dist.initialize()
     monkeypatch.setenv("FUNDL_PROCESS_ID", "0")  # FUNDL_PROCESS_ID wins over the index
-    assert dist._resolve()[0]["process_id"] == 0
+    assert resolved(jax_init)["process_id"] == 0
 
 
 @pytest.mark.parametrize("env, match", [
@@ -218,8 +224,7 @@ def test_readme_sbatch_script_is_consistent(monkeypatch, jax_init):
     srun_env(monkeypatch, nodes * per_node, nodes * per_node - 1)
     monkeypatch.setenv("SLURM_LOCALID", str(per_node - 1))
     assert dist.requested()
-    assert dist._resolve() == ({"coordinator_address": None, "num_processes": None,
-                                "process_id": None}, "slurm")
+    assert resolved(jax_init) == SLURM_DEFERS
 
 
 def test_readme_kubernetes_manifest_is_consistent(monkeypatch, jax_init):
@@ -258,5 +263,5 @@ def test_readme_kubernetes_manifest_is_consistent(monkeypatch, jax_init):
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("JOB_COMPLETION_INDEX", str(n - 1))
     assert dist.requested()
-    assert dist._resolve() == ({"coordinator_address": env["FUNDL_COORDINATOR"], "num_processes": n,
-                                "process_id": n - 1, "cluster_detection_method": "deactivate"}, "k8s")
+    assert resolved(jax_init) == {"coordinator_address": env["FUNDL_COORDINATOR"], "num_processes": n,
+                                  "process_id": n - 1, "cluster_detection_method": "deactivate"}
