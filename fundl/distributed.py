@@ -39,7 +39,9 @@ __all__ = ["initialize", "requested", "process_batches", "to_host", "is_primary"
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 # Every variable :func:`initialize` and :func:`requested` read.
 ENV_VARS = ("FUNDL_COORDINATOR", "FUNDL_NUM_PROCESSES", "FUNDL_PROCESS_ID", "JAX_COORDINATOR_ADDRESS",
-            "JAX_COORDINATOR_PORT", "JOB_COMPLETION_INDEX") + SLURM_VARS
+            "JAX_COORDINATOR_PORT", "JOB_COMPLETION_INDEX", "OMPI_MCA_orte_hnp_uri",
+            "OMPI_COMM_WORLD_SIZE") + SLURM_VARS
+_OMPI_URI = "OMPI_MCA_orte_hnp_uri"  # set by Open MPI's mpirun (ORTE), read by JAX
 _WHERE = "fundl.distributed.initialize"
 _K8S_FIX = ("in the Job's pod template set FUNDL_COORDINATOR=<job-name>-0.<headless-service>:<port> "
             "and FUNDL_NUM_PROCESSES=<parallelism> (README, 'Scaling out')")
@@ -126,6 +128,8 @@ def _resolve(coordinator_address=None, num_processes=None, process_id=None):
                               f"process_id={index} (from {i_src})")
         return dict(kwargs, cluster_detection_method="deactivate"), \
             ("k8s" if i_src == "JOB_COMPLETION_INDEX" else "explicit")
+    if len(missing) == 3 and _env(_OMPI_URI) is not None:
+        return kwargs, "auto"  # mpirun (Open MPI's ORTE): JAX's detection tries it first
     slurm, slurm_missing = _slurm_step()
     if slurm:
         _check_slurm(address)
@@ -168,8 +172,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     coordinator the first host of ``SLURM_STEP_NODELIST`` on port
     ``SLURM_JOB_ID % 4096 + 61440`` (or ``JAX_COORDINATOR_PORT``), and each process
     drives only GPU number ``SLURM_LOCALID`` of its node (so: one task per GPU, every
-    task seeing all the node's GPUs). With none set and no SLURM task, JAX tries its
-    other detectors (Open MPI, Cloud TPU).
+    task seeing all the node's GPUs). With none set and no SLURM task (or under Open
+    MPI's ``mpirun``), JAX's detectors decide (Open MPI first, then Cloud TPU).
 
     Args:
       coordinator_address: ``'host:port'`` where process 0 listens, reachable by all.
@@ -211,17 +215,22 @@ def requested() -> bool:
     :func:`initialize`, naming what is missing), or inside an ``srun`` task of a step with
     ``SLURM_NTASKS > 1`` (all of :data:`SLURM_VARS` set). A one-task ``srun``, the batch
     script itself, an ``salloc`` shell or an ``ssh`` session on an allocated node is not
-    (their ``SLURM_NTASKS`` is 1 or ``SLURM_STEP_NODELIST`` / ``SLURM_PROCID`` is unset).
-    A Kubernetes Indexed Job is one through the ``FUNDL_*`` variables its manifest sets.
+    (their ``SLURM_NTASKS`` is 1, or ``SLURM_STEP_NODELIST``, which only ``srun`` sets, is
+    unset). Also under Open MPI's ``mpirun`` with ``OMPI_COMM_WORLD_SIZE > 1``. A
+    Kubernetes Indexed Job is one through the ``FUNDL_*`` variables its manifest sets.
     """
     if any(_env(v) is not None for v in ENV_VARS[:4]):
         return True
-    if not _slurm_step()[0]:
+    if _env(_OMPI_URI) is not None:
+        count = "OMPI_COMM_WORLD_SIZE"
+    elif _slurm_step()[0]:
+        count = "SLURM_NTASKS"
+    else:
         return False
     try:
-        return int(_env("SLURM_NTASKS")) > 1
+        return int(_env(count) or 1) > 1
     except ValueError:
-        return True  # initialize names the malformed variable
+        return True  # initialize (or JAX) names the malformed variable
 
 
 def is_primary() -> bool:

@@ -265,3 +265,16 @@ def test_readme_kubernetes_manifest_is_consistent(monkeypatch, jax_init):
     assert dist.requested()
     assert resolved(jax_init) == {"coordinator_address": env["FUNDL_COORDINATOR"], "num_processes": n,
                                   "process_id": n - 1, "cluster_detection_method": "deactivate"}
+
+
+def test_open_mpi_is_left_to_jax(monkeypatch, jax_init):
+    """mpirun inside a SLURM batch script: SLURM_JOB_ID without an srun step, Open MPI's
+    variables present; JAX's detection (Open MPI first) decides, fundl does not object."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("OMPI_MCA_orte_hnp_uri", "1234.0;tcp://10.0.0.1:4567")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")
+    assert not dist.requested()
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "8")
+    assert dist.requested()
+    assert resolved(jax_init) == SLURM_DEFERS
