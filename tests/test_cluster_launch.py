@@ -43,13 +43,18 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+def _free_port(lo: int, hi: int) -> int:
+    for _ in range(200):
+        port = random.randint(lo, hi)
+        if _port_is_free(port):
+            return port
+    raise RuntimeError(f"no free port in {lo}-{hi}")
+
+
 def _slurm_job_id() -> tuple[int, int]:
     """``(job id, port)``: a realistic job id whose derived coordinator port is free now."""
-    for _ in range(200):
-        port = random.randint(*SLURM_PORTS)
-        if _port_is_free(port):
-            return 1000 * 2**12 + port - SLURM_PORTS[0], port
-    raise RuntimeError("no free port in 61440-65535")
+    port = _free_port(*SLURM_PORTS)
+    return 1000 * 2**12 + port - SLURM_PORTS[0], port
 
 
 def slurm_env(job_id: int, task: int, ntasks: int = 2) -> dict:
@@ -104,7 +109,7 @@ def _launch(out: pathlib.Path, envs: list[dict], *args: str):
 def launched(tmp_path_factory):
     job_id, port = _slurm_job_id()
     slurm = _launch(tmp_path_factory.mktemp("slurm"), [slurm_env(job_id, i) for i in range(2)])
-    k8s_port = random.choice([p for p in range(20000, 30000, 7) if _port_is_free(p)][:50])
+    k8s_port = _free_port(20000, 30000)
     k8s = _launch(tmp_path_factory.mktemp("k8s"), [k8s_env(k8s_port, i) for i in range(2)],
                   "--train-only")  # the data path does not depend on the launcher
     return {"slurm": slurm + (f"localhost:{port}",), "k8s": k8s + (f"127.0.0.1:{k8s_port}",)}
