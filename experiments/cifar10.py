@@ -64,7 +64,7 @@ def load_data(args):
 def main(argv=None):
     args = parse_args(argv)
     import fundl.distributed
-    if fundl.distributed.requested():  # FUNDL_COORDINATOR etc. set: one of several processes
+    if fundl.distributed.requested():  # one of several processes (FUNDL_*, srun, Indexed Job)
         fundl.distributed.initialize()
     import jax
     import numpy as np

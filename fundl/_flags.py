@@ -317,8 +317,9 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
     a("--limit-test", type=positive_int, default=None, metavar="N", help="evaluate on the first N test examples only")
     a("--eval-batch-size", type=positive_int, default=1000, help="examples per evaluation call (default 1000)")
     a("--data-parallel", action="store_true",
-      help="data parallel over all devices (of every process when FUNDL_COORDINATOR, "
-           "FUNDL_NUM_PROCESSES, FUNDL_PROCESS_ID are set); --batch-size is the global batch, "
+      help="data parallel over all devices (of every process when launched as several: "
+           "FUNDL_COORDINATOR, FUNDL_NUM_PROCESSES, FUNDL_PROCESS_ID set, or srun with "
+           "several tasks, or a Kubernetes Indexed Job); --batch-size is the global batch, "
            "divisible by the device count")
     a("--init-from", type=pathlib.Path, default=None, metavar="FILE",
       help="start from the params and state in FILE (fundl.io.save, --export-params or "

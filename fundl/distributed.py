@@ -10,6 +10,10 @@ process runs the same program on its own part of every global batch:
 >>> for xb, yb in dist.process_batches(x, y, 256, seed=0, epoch=e):  # doctest: +SKIP
 ...     params, state, opt_state, m = step(params, state, opt_state, (xb, yb), key)
 
+Under SLURM (``srun``, one task per GPU) or in a Kubernetes Indexed Job,
+``initialize()`` needs no arguments; :func:`initialize` lists the variables it
+reads and their order of precedence.
+
 ``process_batches`` gives process ``i`` only its ``256 / P`` rows of each global
 batch (the global order is the same everywhere); the step assembles them with
 ``jax.make_array_from_process_local_data``. The returned ``params`` and
@@ -31,24 +35,120 @@ from .data import batches
 
 __all__ = ["initialize", "requested", "process_batches", "to_host", "is_primary", "ENV_VARS"]
 
-ENV_VARS = ("FUNDL_COORDINATOR", "FUNDL_NUM_PROCESSES", "FUNDL_PROCESS_ID")
+# What srun gives each task and JAX's SLURM detection reads (jax/_src/clusters/slurm_cluster.py).
+SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+# Every variable :func:`initialize` and :func:`requested` read.
+ENV_VARS = ("FUNDL_COORDINATOR", "FUNDL_NUM_PROCESSES", "FUNDL_PROCESS_ID", "JAX_COORDINATOR_ADDRESS",
+            "JAX_COORDINATOR_PORT", "JOB_COMPLETION_INDEX", "OMPI_MCA_orte_hnp_uri",
+            "OMPI_COMM_WORLD_SIZE") + SLURM_VARS
+_OMPI_URI = "OMPI_MCA_orte_hnp_uri"  # set by Open MPI's mpirun (ORTE), read by JAX
+_WHERE = "fundl.distributed.initialize"
+_K8S_FIX = ("in the Job's pod template set FUNDL_COORDINATOR=<job-name>-0.<headless-service>:<port> "
+            "and FUNDL_NUM_PROCESSES=<parallelism> (README, 'Scaling out')")
 
 
-def _env_int(name, value):
-    if value is None:
-        raw = os.environ.get(name)
-        if raw is None or raw == "":
-            return None
-        value = raw
+def _env(name):
+    raw = os.environ.get(name)
+    return None if raw is None or raw.strip() == "" else raw.strip()
+
+
+def _first(*candidates):
+    """The first ``(source, value)`` whose value is set: an argument, then variables in order."""
+    for source, value in candidates:
+        if value is not None:
+            return source, value
+    return None, None
+
+
+def _as_int(source, value, minimum=0):
+    """``value`` (from the argument or variable named ``source``) as an int ``>= minimum``."""
     try:
         out = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"fundl.distributed.initialize: {name.split('FUNDL_')[-1].lower()} "
-                          f"must be an int; got {value!r}") from None
-    if out < 0:
-        raise ConfigError(f"fundl.distributed.initialize: {name.split('FUNDL_')[-1].lower()} "
-                          f"must be >= 0; got {out}")
+        raise ConfigError(f"{_WHERE}: {source} must be an int; got {source}={value!r}") from None
+    if out < minimum:
+        raise ConfigError(f"{_WHERE}: {source} must be >= {minimum}; got {source}={out}")
     return out
+
+
+def _check_address(source, address):
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{_WHERE}: {source} must be 'host:port' (port 1-65535); got "
+                          f"{source}={address!r}")
+
+
+def _slurm_step():
+    """``(complete, missing)``: whether all of :data:`SLURM_VARS` are set (an ``srun`` task),
+    and which are missing when only some are (``SLURM_JOB_ID`` alone: inside an allocation)."""
+    missing = [v for v in SLURM_VARS if _env(v) is None]
+    return not missing, (missing if len(missing) < len(SLURM_VARS) else [])
+
+
+def _check_slurm(coordinator):
+    """The SLURM variables JAX will read, checked so that a bad one is named here."""
+    n = _as_int("SLURM_NTASKS", _env("SLURM_NTASKS"), 1)
+    i = _as_int("SLURM_PROCID", _env("SLURM_PROCID"))
+    _as_int("SLURM_LOCALID", _env("SLURM_LOCALID"))
+    if i >= n:
+        raise ConfigError(f"{_WHERE}: need 0 <= SLURM_PROCID < SLURM_NTASKS; got SLURM_PROCID={i}, "
+                          f"SLURM_NTASKS={n}")
+    if coordinator is None:  # JAX derives the port from the job id unless JAX_COORDINATOR_PORT
+        port = _env("JAX_COORDINATOR_PORT")
+        if port is None:
+            _as_int("SLURM_JOB_ID", _env("SLURM_JOB_ID"))
+        else:
+            _as_int("JAX_COORDINATOR_PORT", port, 1)
+
+
+def _resolve(coordinator_address=None, num_processes=None, process_id=None):
+    """``(kwargs for jax.distributed.initialize, source)``: where each setting comes from.
+
+    ``source`` is ``'explicit'`` (all three from arguments / variables), ``'k8s'`` (the
+    same with the process id from ``JOB_COMPLETION_INDEX``), ``'slurm'`` (JAX's SLURM
+    detection fills what is unset) or ``'auto'`` (nothing set: JAX's other detectors).
+    """
+    c_src, address = _first(("coordinator_address", coordinator_address),
+                             ("FUNDL_COORDINATOR", _env("FUNDL_COORDINATOR")),
+                             ("JAX_COORDINATOR_ADDRESS", _env("JAX_COORDINATOR_ADDRESS")))
+    n_src, count = _first(("num_processes", num_processes),
+                          ("FUNDL_NUM_PROCESSES", _env("FUNDL_NUM_PROCESSES")))
+    i_src, index = _first(("process_id", process_id), ("FUNDL_PROCESS_ID", _env("FUNDL_PROCESS_ID")),
+                          ("JOB_COMPLETION_INDEX", _env("JOB_COMPLETION_INDEX")))
+    count = None if count is None else _as_int(n_src, count)
+    index = None if index is None else _as_int(i_src, index)
+    if address is not None:
+        _check_address(c_src, str(address))
+    kwargs = {"coordinator_address": address, "num_processes": count, "process_id": index}
+    missing = [k for k, v in kwargs.items() if v is None]
+    if not missing:
+        if count < 1 or index >= count:
+            raise ConfigError(f"{_WHERE}: need num_processes >= 1 and 0 <= process_id < "
+                              f"num_processes; got num_processes={count} (from {n_src}), "
+                              f"process_id={index} (from {i_src})")
+        return dict(kwargs, cluster_detection_method="deactivate"), \
+            ("k8s" if i_src == "JOB_COMPLETION_INDEX" else "explicit")
+    if len(missing) == 3 and _env(_OMPI_URI) is not None:
+        return kwargs, "auto"  # mpirun (Open MPI's ORTE): JAX's detection tries it first
+    slurm, slurm_missing = _slurm_step()
+    if slurm:
+        _check_slurm(address)
+        return kwargs, "slurm"
+    if slurm_missing and len(missing) == 3:
+        raise ConfigError(f"{_WHERE}: inside a SLURM allocation (SLURM_JOB_ID={_env('SLURM_JOB_ID')}) "
+                          f"but not in an srun task: {slurm_missing} unset. Launch with "
+                          f"'srun python ...' (one task per GPU), or set FUNDL_COORDINATOR, "
+                          f"FUNDL_NUM_PROCESSES and FUNDL_PROCESS_ID")
+    if len(missing) == 3:
+        return kwargs, "auto"
+    names = {"coordinator_address": "FUNDL_COORDINATOR", "num_processes": "FUNDL_NUM_PROCESSES",
+             "process_id": "FUNDL_PROCESS_ID"}
+    fix = (_K8S_FIX if i_src == "JOB_COMPLETION_INDEX" else
+           "set the missing ones too, or none of them for JAX's cluster auto-detection")
+    raise ConfigError(f"{_WHERE}: give all of coordinator_address, num_processes, process_id (or "
+                      f"FUNDL_COORDINATOR, FUNDL_NUM_PROCESSES, FUNDL_PROCESS_ID), or none for "
+                      f"auto-detection; missing {missing} (variables "
+                      f"{[names[m] for m in missing]}); {fix}")
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -56,10 +156,24 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     """Join this process to a multi-process JAX job (thin over ``jax.distributed.initialize``).
 
     Call it once, first, in every process, before any other JAX computation.
-    Each argument left ``None`` is read from the environment
-    (``FUNDL_COORDINATOR`` = ``host:port`` of process 0, ``FUNDL_NUM_PROCESSES``,
-    ``FUNDL_PROCESS_ID``); if all three are still unset, JAX auto-detects the
-    cluster (SLURM, Open MPI, Cloud TPU, ...).
+    Each setting is taken from the first of these that is set:
+
+    * coordinator (``'host:port'`` of process 0): the argument, ``FUNDL_COORDINATOR``,
+      ``JAX_COORDINATOR_ADDRESS``;
+    * number of processes: the argument, ``FUNDL_NUM_PROCESSES``;
+    * process id: the argument, ``FUNDL_PROCESS_ID``, ``JOB_COMPLETION_INDEX`` (set by
+      Kubernetes in each pod of an Indexed Job).
+
+    All three set: they are used as given and JAX's cluster detection is off (each
+    process drives all its visible devices; ``JAX_LOCAL_DEVICE_IDS`` restricts them).
+    Otherwise, inside an ``srun`` task (``SLURM_JOB_ID``, ``SLURM_STEP_NODELIST``,
+    ``SLURM_NTASKS``, ``SLURM_PROCID``, ``SLURM_LOCALID`` all set), JAX's SLURM
+    detection fills the unset ones: ``SLURM_NTASKS`` processes, id ``SLURM_PROCID``,
+    coordinator the first host of ``SLURM_STEP_NODELIST`` on port
+    ``SLURM_JOB_ID % 4096 + 61440`` (or ``JAX_COORDINATOR_PORT``), and each process
+    drives only GPU number ``SLURM_LOCALID`` of its node (so: one task per GPU, every
+    task seeing all the node's GPUs). With none set and no SLURM task (or under Open
+    MPI's ``mpirun``), JAX's detectors decide (Open MPI first, then Cloud TPU).
 
     Args:
       coordinator_address: ``'host:port'`` where process 0 listens, reachable by all.
@@ -72,38 +186,51 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       ``(jax.process_index(), jax.process_count())``.
 
     Raises:
-      ConfigError: only some of the three settings given, or malformed ones.
+      ConfigError: only some of the three settings found outside an ``srun`` task (an
+        Indexed Job without ``FUNDL_COORDINATOR`` / ``FUNDL_NUM_PROCESSES``), a SLURM
+        allocation entered without ``srun``, a malformed value (named with the argument
+        or variable it came from), or no cluster found at all.
     """
-    coordinator_address = coordinator_address or os.environ.get("FUNDL_COORDINATOR") or None
-    num_processes = _env_int("FUNDL_NUM_PROCESSES", num_processes)
-    process_id = _env_int("FUNDL_PROCESS_ID", process_id)
-    given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
-             "process_id": process_id}
-    missing = [k for k, v in given.items() if v is None]
-    if missing and len(missing) < 3:
-        raise ConfigError(f"fundl.distributed.initialize: give all of coordinator_address, "
-                          f"num_processes, process_id (or FUNDL_COORDINATOR, FUNDL_NUM_PROCESSES, "
-                          f"FUNDL_PROCESS_ID), or none for auto-detection; missing {missing}")
-    if coordinator_address is not None:
-        if ":" not in coordinator_address:
-            raise ConfigError(f"fundl.distributed.initialize: coordinator_address must be "
-                              f"'host:port'; got {coordinator_address!r}")
-        if num_processes < 1 or process_id >= num_processes:
-            raise ConfigError(f"fundl.distributed.initialize: need num_processes >= 1 and "
-                              f"0 <= process_id < num_processes; got num_processes={num_processes}, "
-                              f"process_id={process_id}")
     if cpu_collectives not in ("gloo", "mpi"):
-        raise ConfigError(f"fundl.distributed.initialize: cpu_collectives must be 'gloo' or "
+        raise ConfigError(f"{_WHERE}: cpu_collectives must be 'gloo' or "
                           f"'mpi'; got {cpu_collectives!r}")
+    kwargs, source = _resolve(coordinator_address, num_processes, process_id)
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except ValueError as e:
+        if source != "auto":
+            raise
+        raise ConfigError(f"{_WHERE}: no multi-process settings found ({e}). Set FUNDL_COORDINATOR, "
+                          f"FUNDL_NUM_PROCESSES and FUNDL_PROCESS_ID, launch with srun under SLURM, "
+                          f"or pass the three arguments") from e
     return jax.process_index(), jax.process_count()
 
 
 def requested() -> bool:
-    """Whether ``FUNDL_COORDINATOR`` is set: the runners then call :func:`initialize` first."""
-    return bool(os.environ.get("FUNDL_COORDINATOR"))
+    """Whether this process was launched as one of several: the runners then call :func:`initialize`.
+
+    True when any of ``FUNDL_COORDINATOR``, ``FUNDL_NUM_PROCESSES``, ``FUNDL_PROCESS_ID``,
+    ``JAX_COORDINATOR_ADDRESS`` is set (an incomplete set then fails loudly in
+    :func:`initialize`, naming what is missing), or inside an ``srun`` task of a step with
+    ``SLURM_NTASKS > 1`` (all of :data:`SLURM_VARS` set). A one-task ``srun``, the batch
+    script itself, an ``salloc`` shell or an ``ssh`` session on an allocated node is not
+    (their ``SLURM_NTASKS`` is 1, or ``SLURM_STEP_NODELIST``, which only ``srun`` sets, is
+    unset). Also under Open MPI's ``mpirun`` with ``OMPI_COMM_WORLD_SIZE > 1``. A
+    Kubernetes Indexed Job is one through the ``FUNDL_*`` variables its manifest sets.
+    """
+    if any(_env(v) is not None for v in ENV_VARS[:4]):
+        return True
+    if _env(_OMPI_URI) is not None:
+        count = "OMPI_COMM_WORLD_SIZE"
+    elif _slurm_step()[0]:
+        count = "SLURM_NTASKS"
+    else:
+        return False
+    try:
+        return int(_env(count) or 1) > 1
+    except ValueError:
+        return True  # initialize (or JAX) names the malformed variable
 
 
 def is_primary() -> bool:

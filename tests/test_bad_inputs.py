@@ -1173,12 +1173,12 @@ SECTIONS["runner_flags"] = [
 
 
 # =========================================================================== distributed
-_FUNDL_ENV = ("FUNDL_COORDINATOR", "FUNDL_NUM_PROCESSES", "FUNDL_PROCESS_ID")
+_FUNDL_ENV = DIST.ENV_VARS  # FUNDL_*, SLURM, Kubernetes, Open MPI: what initialize reads
 
 
 def _initialize(*args, **kw):
-    """``distributed.initialize`` with the FUNDL_* variables unset (every row fails validation
-    before ``jax.distributed.initialize`` is reached)."""
+    """``distributed.initialize`` with every variable it reads unset (every row fails
+    validation before ``jax.distributed.initialize`` is reached, even inside srun)."""
     saved = {k: os.environ.pop(k) for k in _FUNDL_ENV if k in os.environ}
     try:
         return DIST.initialize(*args, **kw)

@@ -20,6 +20,10 @@ TESTS = pathlib.Path(__file__).parent
 
 # (test file, first private component reached) -> why the test goes past the public surface.
 PRIVATE_ON_PURPOSE = {
+    ("cluster_worker.py", "fundl.experiment._data_pipeline"):
+        "the host batches run() feeds each process, checked against one process's rows",
+    ("cluster_worker.py", "fundl.experiment._device_augment"):
+        "run()'s on-device augmentation with a replicated key, checked against one process's rows",
     ("test_fast_paths.py", "fundl._lowering"):
         "checks the auto lowering against its policy (pool_reshape_ok) and simulates a GPU by "
         "patching the backend probe _on_cpu",
