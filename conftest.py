@@ -14,8 +14,11 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # before, later runs (the fast tier after each change) read them back.
 # FUNDL_TEST_JAX_CACHE=0 turns it off.
 if os.environ.get("FUNDL_TEST_JAX_CACHE", "1") != "0":
+    # One directory per pytest-xdist worker: JAX writes cache entries without a lock, so
+    # two workers compiling the same program could read each other's half-written file.
     jax.config.update("jax_compilation_cache_dir",
-                      str(pathlib.Path(__file__).resolve().parent / ".jax_cache"))
+                      str(pathlib.Path(__file__).resolve().parent / ".jax_cache"
+                          / os.environ.get("PYTEST_XDIST_WORKER", "main")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
