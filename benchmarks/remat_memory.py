@@ -88,8 +88,8 @@ def main(argv=None):
     print(f"# ResNet-50 train step (SGD momentum 0.9, donated buffers), input "
           f"[{args.batch}, {args.size}, {args.size}, 3] float32; compiled, not run")
     mib = 2 ** 20
-    head = (f"| variant | temp MiB | args MiB | out MiB | alias MiB | peak MiB | "
-            f"peak vs plain | XLA peak MiB | compile s |")
+    head = ("| variant | temp MiB | args MiB | out MiB | alias MiB | peak MiB | "
+            "peak vs plain | XLA peak MiB | compile s |")
     print(head)
     print("|" + "---|" * 9)
     base = None
