@@ -6,6 +6,9 @@ input instead of keeping them in memory from the forward pass. Memory falls
 (only the wrapped layer's inputs are kept, or what ``policy`` saves); compute
 rises by about one extra forward pass of the layer. Wrap the repeated blocks of
 a deep network (``fundl.models.resnet50(remat=True)`` wraps each residual block).
+On the CPU backend the saving happens only inside a ``lax.scan`` (see
+:class:`Remat`, "Backends"). :class:`RematSerial` checkpoints stretches of a
+``Serial``'s children without a new parameter level (VGG's ``remat=True``).
 
 ``Remat`` adds no level to the parameter tree: it takes the wrapped layer's
 name, and its params and state are the wrapped layer's own, so a model with and
