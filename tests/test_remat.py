@@ -279,12 +279,12 @@ def _train(model, precision=None, parallel=None, steps=2):
 
 
 @pytest.mark.slow
-def test_train_steps_with_bfloat16_and_sharded_match_the_plain_model():
+def test_bfloat16_train_steps_match_the_plain_model():
     def small(**kw):
         return models.resnet("basic", (2, 2), 4, stem="cifar", width=8, scan=2, name="r", **kw)
 
-    for kw, tol in (({"precision": "bfloat16"}, 2e-2), ({"parallel": "sharded"}, 1e-5)):
-        close(_train(small(remat=True), **kw), _train(small(), **kw), tol=tol)
+    close(_train(small(remat=True), precision="bfloat16"), _train(small(), precision="bfloat16"),
+          tol=2e-2)
 
 
 @pytest.mark.slow
@@ -301,3 +301,51 @@ def test_remat_inside_scan_lowers_the_compiled_steps_scratch_memory():
         return jax.jit(jax.grad(loss)).lower(p, s, x).compile().memory_analysis().temp_size_in_bytes
 
     assert temp(True) < 0.5 * temp(False)
+
+
+_SHARDED = """
+import os
+os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=4"
+                           " --xla_backend_optimization_level=0")
+import json, jax, numpy as np, optax
+from fundl import models
+from fundl.train import make_train_step
+
+def run(remat, parallel):
+    m = models.resnet("basic", (2, 2), 4, stem="cifar", width=8, scan=2, name="r", remat=remat)
+    opt = optax.sgd(0.1, momentum=0.9)
+    x = np.asarray(jax.random.normal(jax.random.key(0), (8, 16, 16, 3)))
+    y = np.array([0, 1, 2, 3, 0, 1, 2, 3], np.int32)
+    _, p, s = m.init(0, x.shape)
+    o = opt.init(p)
+    step = make_train_step(m, opt, parallel=parallel, donate=False)
+    for _ in range(2):
+        p, s, o, met = step(p, s, o, (x, y), None)
+    return jax.device_get((p, s, met["loss"]))
+
+def diff(u, v):
+    return max(float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
+               for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(v), strict=True))
+
+remat = run(True, "sharded")
+print(json.dumps({"devices": len(jax.devices()), "vs_plain_sharded": diff(remat, run(False, "sharded")),
+                  "vs_one_device": diff(remat, run(False, None))}))
+"""
+
+
+@pytest.mark.slow
+def test_sharded_step_on_four_devices_matches_the_plain_model():
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["devices"] == 4
+    assert r["vs_plain_sharded"] < 1e-5 and r["vs_one_device"] < 1e-5, r
