@@ -39,12 +39,24 @@ def same(a, b) -> bool:
 
 
 def equal_except_name(a, b) -> bool:
-    """Whether two layers compute the same function (equal fields but for their own name)."""
+    """Whether two layers compute the same function (equal fields but for their own name).
+
+    A child layer that carries its owner's name (the layer wrapped by ``Remat``) is
+    part of the owner's identity, so it is compared but for its name too.
+    """
     if a is b:
         return True
     if type(a) is not type(b):
         return False
-    return all(same(getattr(a, f), getattr(b, f)) for f in a._field_names() if f != "name")
+    for f in a._field_names():
+        if f == "name":
+            continue
+        u, v = getattr(a, f), getattr(b, f)
+        named = (isinstance(u, _layer.Layer) and isinstance(v, _layer.Layer)
+                 and u.name == a.name and v.name == b.name)
+        if not (equal_except_name(u, v) if named else same(u, v)):
+            return False
+    return True
 
 
 def hashable(v):

@@ -103,6 +103,7 @@ from ._errors import ConfigError, FundlError, ShapeError
 from ._layer import Layer
 from ._paramcheck import check as _check_trees
 from ._paramcheck import expected as _expected
+from ._remat import unwrap
 
 __all__ = ["from_torch", "to_torch", "torch_names", "StateDictError", "StateDictWarning",
            "STANDARD_INPUTS"]
@@ -251,7 +252,7 @@ def _units(model: Layer, want) -> list[_Unit]:
     inner = {p[:i] for p in paths for i in range(len(p))}  # composites: prefixes of others
     units, pending = [], None
     for path in paths:
-        layer = want.layers[path]
+        layer = unwrap(want.layers[path])
         fmap = None
         if path not in inner:
             full = (model.name,) + path
@@ -268,7 +269,7 @@ def _sequential(layers: dict, at: tuple, serial) -> bool:
     """Whether the Serial at ``at`` is an ``nn.Sequential`` (children named by position)."""
     if at and at[-1] == "body" and isinstance(layers.get(at[:-1]), L.Residual):
         return False  # a block's body: its children are the block's named attributes
-    kids = serial.layers
+    kids = [unwrap(k) for k in serial.layers]
     return all(not k.children() for k in kids) or all(isinstance(k, L.Residual) for k in kids)
 
 
@@ -389,7 +390,8 @@ class _Plan(NamedTuple):
 
 def _build(fn, model, want, shape, name_map, sd_keys) -> _Plan:
     units = _units(model, want)
-    names, note = _names(fn, model, want.layers, units, name_map, sd_keys)
+    layers = {path: unwrap(layer) for path, layer in want.layers.items()}
+    names, note = _names(fn, model, layers, units, name_map, sd_keys)
     slots, dropped, unsupported = [], set(), []
     for u in units:
         owner = f"{u.layer.type_name} '{'/'.join((model.name,) + u.path)}'"

@@ -109,6 +109,7 @@ from ._function_layer import layer, stateful_layer
 from ._layer import Layer
 from ._norm import BatchNorm, LayerNorm
 from ._pool_layers import AdaptiveAvgPool, AvgPool, GlobalAvgPool, MaxPool
+from ._remat import Remat
 from ._simple_layers import (ELU, GELU, Dropout, Elementwise, Flatten, Identity, Lambda,
                              LeakyReLU, LogSoftmax, ReLU, Reshape, Sigmoid, Softmax, Softplus,
                              Tanh)
@@ -120,5 +121,5 @@ __all__ = [
     "LayerNorm",
     "ReLU", "LeakyReLU", "ELU", "GELU", "Sigmoid", "Tanh", "Softplus", "Softmax", "LogSoftmax",
     "Serial", "Parallel", "Residual", "Graph", "Node", "Sum", "Concat", "Multiply",
-    "BasicBlock", "Bottleneck",
+    "BasicBlock", "Bottleneck", "Remat",
 ]

@@ -42,6 +42,7 @@ from . import layers as L
 from ._blocks import resnet_conv_init
 from ._errors import ConfigError, ShapeError
 from ._layer import Layer
+from ._remat import POLICY_NAMES, RematSerial
 
 __all__ = [
     "mlp", "convnet_mnist", "lenet5", "alexnet",
@@ -99,6 +100,23 @@ def _check_int(where: str, **values):
     for arg, v in values.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{where}: {arg} must be a positive int; got {arg}={v!r}")
+
+
+def _remat_policy(where: str, remat):
+    """``(on, policy)`` for a model's ``remat`` argument (False, True or a policy name)."""
+    if isinstance(remat, bool):
+        return remat, None
+    if isinstance(remat, str) and remat in POLICY_NAMES:
+        return True, remat
+    raise ConfigError(f"{where}: remat must be False, True (recompute everything) or a "
+                      f"jax.checkpoint_policies name among {list(POLICY_NAMES)}; got "
+                      f"remat={remat!r}"[:400])
+
+
+def _remat(where: str, remat) -> Callable[[Layer], Layer]:
+    """The function wrapping a block for a model's ``remat`` argument (identity when off)."""
+    on, policy = _remat_policy(where, remat)
+    return (lambda block: L.Remat(block, policy)) if on else (lambda block: block)
 
 
 def _check_rate(where: str, rate):
@@ -304,7 +322,7 @@ _vgg_dense_init = initializers.normal(0.01)
 
 
 def vgg(config: str | Sequence, num_classes: int = 1000, *, batch_norm: bool = False,
-        dropout: float = 0.5, name: str = "vgg") -> Layer:
+        dropout: float = 0.5, remat: bool | str = False, name: str = "vgg") -> Layer:
     """A VGG network (Simonyan & Zisserman 2015) from a torchvision-style configuration.
 
     ``features``: for each entry of ``config``, an int ``c`` adds ``conv c k3 p1
@@ -319,6 +337,17 @@ def vgg(config: str | Sequence, num_classes: int = 1000, *, batch_norm: bool = F
       num_classes: outputs of the last layer.
       batch_norm: add batch norm after every conv (the model is then stateful).
       dropout: drop probability in the classifier (0: no Dropout layers).
+      remat: recompute each stage of ``features`` (its convs, batch norms,
+        ReLUs and its max-pool) in the backward pass (``jax.checkpoint``), so a
+        train step keeps only the stages' (pooled) outputs; ``features`` is then
+        a :class:`~fundl._remat.RematSerial` with the same children and
+        parameter tree. ``True`` recomputes everything; a policy name (e.g.
+        ``'dots_saveable'``) chooses what may be saved. The classifier is not
+        recomputed (its dense layers dominate the parameters, not the
+        activations). The same parameters, state and results. The stages
+        differ, so there is no scan to keep the recomputation apart on the CPU
+        backend, whose compiler merges it back (no saving there; see
+        :class:`~fundl.layers.Remat`).
       name: parameter key (children ``features/conv1..``, ``features/bn1..``,
         ``classifier/fc1..fc3``).
 
@@ -346,18 +375,37 @@ def vgg(config: str | Sequence, num_classes: int = 1000, *, batch_norm: bool = F
         if batch_norm:
             parts.append(L.BatchNorm(name=f"bn{i}"))
         parts.append(L.ReLU())
-    return L.Serial(L.Serial(*parts, name="features"), L.AdaptiveAvgPool(7, name="avgpool"),
+    return L.Serial(_features(parts, _remat_policy(where, remat)),
+                    L.AdaptiveAvgPool(7, name="avgpool"),
                     L.Flatten(),
                     _classifier(4096, num_classes, rate, dropout_first=False,
                                 w_init=_vgg_dense_init, b_init=initializers.zeros),
                     name=name)
 
 
+def _features(parts, remat) -> Layer:
+    """VGG's ``features`` chain; with ``remat = (True, policy)`` one checkpointed segment
+    per stage (the layers up to and including each max-pool)."""
+    features = L.Serial(*parts, name="features")
+    on, policy = remat
+    if not on:
+        return features
+    segments, stage = [], []
+    for child in features.layers:
+        stage.append(child.name)
+        if isinstance(child, L.MaxPool):
+            segments.append(tuple(stage))
+            stage = []
+    segments += [tuple(stage)] if stage else []
+    return RematSerial(*features.layers, segments=tuple(segments), policy=policy,
+                       name="features")
+
+
 def _vgg_variant(depth, config, counts):
     def build(num_classes: int = 1000, *, batch_norm: bool = False, dropout: float = 0.5,
-              name: str | None = None) -> Layer:
+              remat: bool | str = False, name: str | None = None) -> Layer:
         default = f"vgg{depth}_bn" if batch_norm else f"vgg{depth}"
-        return vgg(config, num_classes, batch_norm=batch_norm, dropout=dropout,
+        return vgg(config, num_classes, batch_norm=batch_norm, dropout=dropout, remat=remat,
                    name=name or default)
 
     build.__name__ = build.__qualname__ = f"vgg{depth}"
@@ -385,7 +433,8 @@ _BLOCKS = {"basic": (L.BasicBlock, 1), "bottleneck": (L.Bottleneck, 4)}
 
 
 def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str = "imagenet",
-           width: int = 64, scan: bool | int = False, name: str = "resnet") -> Layer:
+           width: int = 64, scan: bool | int = False, remat: bool | str = False,
+           name: str = "resnet") -> Layer:
     """A ResNet (He et al. 2016) as in torchvision, with an ImageNet or CIFAR stem.
 
     ``stem`` -> ``layer1 .. layerK`` -> ``avgpool`` (global average) -> ``fc``.
@@ -409,6 +458,16 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
         such blocks (ResNet-101/152's third stage), an int ``k`` for at
         least ``k``. The same parameters, state and results; ResNet-152's
         train step compiles in about half the time on CPU.
+      remat: wrap every residual block in :class:`~fundl.layers.Remat`
+        (``jax.checkpoint``): the backward pass recomputes each block's
+        activations from its input, so a train step keeps only the blocks'
+        inputs (ResNet-50, 224x224, batch 32: see BENCHMARKS.md) for about
+        one more forward pass of compute. ``True`` recomputes everything; a
+        policy name (e.g. ``'dots_saveable'``: keep the conv outputs) chooses
+        what may be saved. Composes with ``scan`` (the scanned body is the
+        wrapped block). The same parameters, state and results. On the CPU
+        backend XLA merges the recomputation back unless it sits in a scan:
+        use ``scan=2`` with it there (ResNet-50: 0.64x the peak memory).
       name: parameter key (children ``conv1, bn1, layer1/block1/..., fc``).
 
     Shapes: ``[N, H, W, 3] -> [N, num_classes]``; ImageNet: 224x224 (total
@@ -428,6 +487,7 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
         raise ConfigError(f"{where}: layers must be a non-empty sequence of block counts, e.g. "
                           f"(2, 2, 2, 2); got {layers!r}")
     _scan.min_run(scan, where)  # a clear error naming this model
+    wrap = _remat(where, remat)
     _check_int(where, num_classes=num_classes, width=width,
                **{f"layers[{i}]": n for i, n in enumerate(layers)})
     if stem == "imagenet":
@@ -442,8 +502,8 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
         raise ConfigError(f"{where}: stem must be 'imagenet' or 'cifar'; got {stem!r}")
     stages = []
     for i, n in enumerate(layers):
-        blocks = [block(width * 2 ** i, stride=2 if (i > 0 and j == 0) else 1, name=f"block{j + 1}")
-                  for j in range(n)]
+        blocks = [wrap(block(width * 2 ** i, stride=2 if (i > 0 and j == 0) else 1,
+                             name=f"block{j + 1}")) for j in range(n)]
         stages.append(L.Serial(*blocks, scan=scan, name=f"layer{i + 1}"))
     return L.Serial(*head, *stages, L.GlobalAvgPool(name="avgpool"),
                     L.Dense(num_classes, name="fc"), name=name)
@@ -451,8 +511,8 @@ def resnet(block, layers: Sequence[int], num_classes: int = 1000, *, stem: str =
 
 def _resnet_variant(depth, kind, layers, count):
     def build(num_classes: int = 1000, *, stem: str = "imagenet", scan: bool | int = False,
-              name: str | None = None) -> Layer:
-        return resnet(kind, layers, num_classes, stem=stem, scan=scan,
+              remat: bool | str = False, name: str | None = None) -> Layer:
+        return resnet(kind, layers, num_classes, stem=stem, scan=scan, remat=remat,
                       name=name or f"resnet{depth}")
 
     block = "BasicBlock" if kind == "basic" else "Bottleneck"
@@ -466,6 +526,9 @@ def _resnet_variant(depth, kind, layers, count):
       stem: ``'imagenet'`` (224x224 inputs) or ``'cifar'`` (32x32 inputs).
       scan: compile each stage's repeated blocks once (``lax.scan``); same
         parameters and results (see :func:`resnet`).
+      remat: recompute each residual block in the backward pass (less memory,
+        more compute; ``True`` or a ``jax.checkpoint_policies`` name; see
+        :func:`resnet`); same parameters and results.
       name: parameter key (default ``'resnet{depth}'``).
 
     Shapes: ``[N, 224, 224, 3] -> [N, num_classes]`` (``'cifar'``: ``[N, 32, 32, 3]``).

@@ -434,6 +434,12 @@ SECTIONS["combinators"] = [
     row("composite-duplicate-child-names", lambda: _Pair(L.Dense(3), L.Dense(4)), ConfigError, "_pair", "distinct names", "dense"),
     row("Serial-scan-one", lambda: L.Serial(L.Dense(3), scan=1), ConfigError, "scan must be True, False or an int >= 2"),
     row("Serial-scan-string", lambda: L.Serial(L.Dense(3), scan="yes"), ConfigError, "scan must be"),
+    row("Remat-non-layer", lambda: L.Remat(3), ConfigError, "Remat", "layer must be a fundl Layer", "got int 3"),
+    row("Remat-function-not-layer", lambda: L.Remat(jax.nn.relu), ConfigError, "Remat", "must be a fundl Layer"),
+    row("Remat-policy-unknown-name", lambda: L.Remat(L.Dense(3), "dots"), ConfigError, "Remat 'dense'", "policy must be", "'dots_saveable'", "got 'dots'"),
+    row("Remat-policy-factory-name", lambda: L.Remat(L.Dense(3), "save_only_these_names"), ConfigError, "policy must be", "save_only_these_names(...)"),
+    row("Remat-policy-int", lambda: L.Remat(L.Dense(3), policy=1), ConfigError, "Remat 'dense'", "policy must be", "got 1"),
+    row("Remat-policy-layer", lambda: L.Remat(L.Dense(3), policy=L.ReLU()), ConfigError, "policy must be"),
     row("Serial-init-shape-mismatch-inside", lambda: init(L.Serial(L.Conv(4, 3, name="c"), L.Dense(2)), (1, 2, 2, 3)), ShapeError, "c", "too small"),
     row("Serial-with_child-unknown", lambda: _NET.with_child("fc9", L.Dense(3)), ConfigError, "no child 'fc9'", "fc1"),
     row("Serial-with_child-non-layer", lambda: _NET.with_child("fc1", 3), ConfigError, "a child must be a fundl Layer"),
@@ -478,6 +484,9 @@ SECTIONS["combinators"] = [
 # =========================================================================== models
 SECTIONS["models"] = [
     row("mlp-empty-features", lambda: M.mlp([]), ConfigError, "mlp", "features must be a non-empty sequence"),
+    row("resnet-remat-unknown-policy", lambda: M.resnet18(remat="dots"), ConfigError, "resnet 'resnet18'", "remat must be False, True", "'dots_saveable'", "got remat='dots'"),
+    row("resnet-remat-int", lambda: M.resnet18(remat=1), ConfigError, "remat must be", "remat=1"),
+    row("vgg-remat-unknown-policy", lambda: M.vgg11(remat="all"), ConfigError, "vgg 'vgg11'", "remat must be", "remat='all'"),
     row("mlp-zero-width", lambda: M.mlp((256, 0)), ConfigError, "mlp", "features"),
     row("mlp-features-int", lambda: M.mlp(10), ConfigError, "mlp", "features must be a non-empty sequence"),
     row("mlp-dropout-one", lambda: M.mlp((8, 2), dropout=1.0), ConfigError, "mlp", "dropout must be a probability in [0, 1)"),
@@ -1379,8 +1388,8 @@ ALL_ROWS = [p for rows in SECTIONS.values() for p in rows]
 MIN_ROWS = {
     "functional": 119,
     "layers": 111,
-    "combinators": 44,
-    "models": 54,
+    "combinators": 50,
+    "models": 57,
     "summary": 11,
     "train": 84,
     "data": 69,

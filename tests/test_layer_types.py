@@ -121,6 +121,8 @@ SAMPLES: dict[str, Sample] = {
     "Graph": Sample(_siamese, ((2, 4), (2, 4)), "outputs", "left", "outputs='left'"),
     "BasicBlock": Sample(lambda: L.BasicBlock(4), (1, 4, 4, 4), "stride", 2, "stride=2"),
     "Bottleneck": Sample(lambda: L.Bottleneck(2), (1, 4, 4, 8), "stride", 2, "stride=2"),
+    "Remat": Sample(lambda: L.Remat(L.Serial(L.Dense(3), L.BatchNorm(), L.Dense(2))), (2, 4),
+                    "policy", "dots_saveable", "policy='dots_saveable'"),
 }
 
 EXEMPT = {

@@ -24,6 +24,9 @@ PRIVATE_ON_PURPOSE = {
         "the host batches run() feeds each process, checked against one process's rows",
     ("cluster_worker.py", "fundl.experiment._device_augment"):
         "run()'s on-device augmentation with a replicated key, checked against one process's rows",
+    ("test_remat.py", "fundl._remat"):
+        "RematSerial (the checkpointed segments of VGG's features with remat=True) is built only "
+        "by the zoo and tested directly, with the list of named policies",
     ("test_fast_paths.py", "fundl._lowering"):
         "checks the auto lowering against its policy (pool_reshape_ok) and simulates a GPU by "
         "patching the backend probe _on_cpu",

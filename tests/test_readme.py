@@ -21,6 +21,7 @@ def test_readme_examples_run(capsys):
     assert "Conv(out_channels=32, kernel_size=5, name='conv1')" in out and "True True" in out
     assert "['fc'] 60" in out and "BasicBlock(out_channels=512, stride=1, name='block2')" in out
     assert "True {}" in out and "['0', '3', '7']" in out
+    assert "['dense1', 'dense2'] mlp" in out
 
 
 def test_readme_opens_with_the_two_commands():
