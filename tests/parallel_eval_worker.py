@@ -24,6 +24,7 @@ def main():  # everything inside: importing this module (pytest --doctest-module
     jax.config.update("jax_numpy_rank_promotion", "raise")
 
     import fundl.layers as L  # noqa: E402
+    # private on purpose: the loop's finiteness read on params sharded over the devices
     from fundl import _loop  # noqa: E402
     from fundl.train import evaluate, fit, make_eval_step  # noqa: E402
 
