@@ -86,15 +86,16 @@ def main(argv=None):
           f"batch {args.batch_size}, {args.epochs} epochs, "
           f"{'no augmentation' if args.no_augment else 'crop + flip'} -> {args.out}", flush=True)
     config = {k: v for k, v in vars(args).items() if k != "no_progress"}
-    if not args.data_parallel:  # keeps config.json of earlier runs resumable
-        del config["data_parallel"]
+    for flag in ("data_parallel", "fsdp"):  # only when set: keeps earlier config.json resumable
+        if not config[flag]:
+            del config[flag]
     if args.on_nonfinite == "stop":  # likewise
         del config["on_nonfinite"]
     config["norm"] = {"mean": np.asarray(norm.mean).tolist(), "std": np.asarray(norm.std).tolist()}
     return run(model, opt, train, test, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
                seed=args.seed, transform=norm, augment=None if args.no_augment else D.augment_cifar,
                resume=args.resume, stop_after=args.stop_after, progress=not args.no_progress,
-               data_parallel=args.data_parallel,
+               data_parallel=args.data_parallel, parallel="fsdp" if args.fsdp else None,
                eval_batch_size=args.eval_batch_size, config=config, learning_rate=lr,
                init_from=args.init_from, export_params=args.export_params,
                export_model=args.export_model, on_nonfinite=args.on_nonfinite,

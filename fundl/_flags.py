@@ -286,8 +286,9 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
 
     Flags: ``--epochs --batch-size --optimizer --lr --momentum --weight-decay
     --schedule --seed --out --resume --stop-after --no-progress --limit-train
-    --limit-test --eval-batch-size --data-parallel --init-from --export-params
-    --export-model --on-nonfinite --force`` (the last five: :func:`run`'s ``init_from``,
+    --limit-test --eval-batch-size --data-parallel --fsdp --init-from --export-params
+    --export-model --on-nonfinite --force`` (``--data-parallel`` and ``--fsdp``, exclusive:
+    :func:`run`'s ``parallel='sharded'`` and ``'fsdp'``; the last five: ``init_from``,
     ``export_params``, ``export_model``, ``on_nonfinite``, ``force``). Each value is checked as it is parsed
     (:func:`positive_int`, :func:`positive_float`, :func:`momentum_float`, ...: an argparse
     error, exit status 2); call :func:`check_training_flags` after ``parse_args`` for the
@@ -316,11 +317,16 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
     a("--limit-train", type=positive_int, default=None, metavar="N", help="train on the first N examples only")
     a("--limit-test", type=positive_int, default=None, metavar="N", help="evaluate on the first N test examples only")
     a("--eval-batch-size", type=positive_int, default=1000, help="examples per evaluation call (default 1000)")
-    a("--data-parallel", action="store_true",
-      help="data parallel over all devices (of every process when launched as several: "
-           "FUNDL_COORDINATOR, FUNDL_NUM_PROCESSES, FUNDL_PROCESS_ID set, or srun with "
-           "several tasks, or a Kubernetes Indexed Job); --batch-size is the global batch, "
-           "divisible by the device count")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--data-parallel", action="store_true",
+                      help="data parallel over all devices (of every process when launched as "
+                           "several: FUNDL_COORDINATOR, FUNDL_NUM_PROCESSES, FUNDL_PROCESS_ID set, "
+                           "or srun with several tasks, or a Kubernetes Indexed Job), training and "
+                           "evaluation; --batch-size is the global batch, divisible by the device "
+                           "count")
+    mode.add_argument("--fsdp", action="store_true",
+                      help="as --data-parallel, with the params and optimizer state sharded "
+                           "over the devices (run(parallel='fsdp')); not with --data-parallel")
     a("--init-from", type=pathlib.Path, default=None, metavar="FILE",
       help="start from the params and state in FILE (fundl.io.save, --export-params or "
            "fundl.experiment.export_checkpoint) or from a PyTorch state_dict (.pt/.pth/.bin/"

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _datacheck
+from ._parallel import first_copy
 from ._errors import ConfigError, NonFiniteError
 
 
@@ -58,13 +59,13 @@ COUNTS = ("skipped",)  # 0/1 per step metrics that are summed over steps, not av
 
 
 @jax.jit
-def _weighted_sums(metrics: list, sizes, params):
+def _weighted_sums(metrics: list, sizes, params_finite):
     """Window sums on the device, for ``k`` steps since the last read.
 
     Args:
       metrics: ``k`` dicts of scalar arrays (one per step), same keys.
       sizes: ``float32 [k]`` batch sizes.
-      params: the parameters after the window's last step (``None``: not checked).
+      params_finite: a bool scalar from :func:`_params_finite` (``None``: not checked).
 
     Returns:
       ``{name: sum_j metrics[j][name] * w_j}`` in float32 with ``w_j = sizes[j]``, or
@@ -79,18 +80,15 @@ def _weighted_sums(metrics: list, sizes, params):
     out = {name: jnp.sum(v) if name in COUNTS else jnp.sum(jnp.where(w > 0, v, 0.0) * w)
            for name, v in stack.items()}
     out["_weight"] = jnp.sum(w)
-    out["_params_finite"] = _datacheck.all_finite(params)
+    out["_params_finite"] = jnp.asarray(True) if params_finite is None else params_finite
     return out
 
 
 _copy_trees = jax.jit(lambda trees: jax.tree.map(jnp.copy, trees))
 
-
-def _first_copy(tree):
-    """This process's first copy of every array replicated over several devices (data-parallel
-    params), so that the finiteness check runs on the device that holds the metrics (no copy)."""
-    return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array)
-                        and len(a.sharding.device_set) > 1 else a, tree)
+# Every parameter finite: one reduction over the global arrays wherever they live (one
+# device, replicated, or sharded over devices as FSDP params are: each shard is checked).
+_params_finite = jax.jit(_datacheck.all_finite)
 
 
 class _MetricSums:
@@ -103,7 +101,9 @@ class _MetricSums:
         self.weight = 0.0
 
     def add(self, metrics, size: int) -> None:
-        self.pending.append(metrics)
+        # This process's copy of replicated (data-parallel) metrics: the window sums then run
+        # on its first device, beside the params' finiteness flag.
+        self.pending.append(first_copy(metrics))
         self.sizes.append(size)
 
     def read(self, params=None) -> dict | None:
@@ -113,8 +113,9 @@ class _MetricSums:
         """
         if not self.pending:
             return None
+        finite = None if params is None else first_copy(_params_finite(params))
         window = jax.device_get(_weighted_sums(self.pending, np.asarray(self.sizes, np.float32),
-                                               _first_copy(params)))
+                                               finite))
         self.weight += float(window["_weight"])
         for name, value in window.items():
             if not name.startswith("_"):

@@ -359,3 +359,87 @@ def unreplicate(tree):
                          f"device axis [D, ...]; got leading sizes {sorted(lead, key=str)} (None: "
                          "a 0-d leaf). Unreplicate only what replicate() or the pmap step returned")
     return jax.tree.map(lambda a: a[0], tree)
+
+
+# -- data-parallel evaluation ---------------------------------------------------------
+
+EVAL_PARALLEL = (None, "sharded", "fsdp")
+
+
+def check_eval_parallel(parallel, devices, where):
+    """``parallel``/``devices`` of :func:`fundl.train.make_eval_step`, ``evaluate``, ``fit`` and
+    ``fundl.experiment.run``; returns the devices (``None`` for one device)."""
+    if parallel == "pmap":
+        raise ConfigError(f"{where}: parallel='pmap' is not supported here (its trees carry a "
+                          "leading device axis, for hand-written loops around "
+                          "make_train_step(parallel='pmap')); use parallel='sharded': the same "
+                          "data parallelism over the same devices, with ordinary-looking trees")
+    if parallel not in EVAL_PARALLEL:
+        raise ConfigError(f"{where}: parallel must be one of {list(EVAL_PARALLEL)}; "
+                          f"got parallel={parallel!r}")
+    if parallel is None:
+        if devices is not None:
+            raise ConfigError(f"{where}: devices= needs parallel='sharded' or 'fsdp'; got "
+                              f"parallel=None with devices={devices!r}")
+        return None
+    return check_devices(devices, where)
+
+
+def first_copy(tree):
+    """This process's first copy of every array replicated over several devices (no copy, no
+    sync); other leaves (one-device, sharded, host) as they are."""
+    return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array)
+                        and len(a.sharding.device_set) > 1 and a.sharding.is_fully_replicated
+                        else a, tree)
+
+
+def _pad_rows(a, k):
+    """``a: [n, ...]`` followed by ``k`` copies of its last row (valid input for any model)."""
+    if k == 0:
+        return a
+    xp = jnp if isinstance(a, jax.Array) else np
+    a = a if xp is jnp else np.asarray(a)
+    return xp.concatenate([a, xp.repeat(a[-1:], k, axis=0)])
+
+
+def _put(a, sharding):
+    """``a`` (the whole global array, the same on every process) placed with ``sharding``."""
+    if jax.process_count() == 1:
+        return jax.device_put(a, sharding)
+    host = np.asarray(a)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def make_sharded_eval(sums, devices):
+    """The global-view evaluation step over a 1-d ``Mesh`` (axis ``'data'``) of ``devices``.
+
+    ``sums(params, state, x, y, n) -> {name: scalar}`` sees a batch padded to a multiple of
+    the device count and must use its first ``n`` rows only (``n`` static). Returns
+    ``eval_step(params, state, batch)``; ``eval_step.place(tree)`` keeps arrays already on
+    the mesh (replicated or sharded, e.g. FSDP params) and places others replicated.
+    """
+    mesh = Mesh(np.array(devices), (DATA_AXIS,))
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+    jitted = jax.jit(sums, static_argnums=(4,), out_shardings=repl)
+
+    def keep(a):
+        return (isinstance(a, jax.Array) and isinstance(a.sharding, NamedSharding)
+                and a.sharding.mesh == mesh)
+
+    def place(tree):
+        return jax.tree.map(lambda a: a if keep(a) else _global(a, repl), tree)
+
+    def eval_step(params, state, batch):
+        x, y = split_batch(batch, "eval step")
+        n = int(np.shape(x)[0])
+        if np.shape(y)[0] != n:
+            raise ShapeError(f"eval step: x and y must have the same number of rows; got "
+                             f"{n} and {np.shape(y)[0]}")
+        pad = -n % len(devices)
+        x, y = (_put(_pad_rows(a, pad), data) for a in (x, y))
+        params, state = place((params, state))
+        return jitted(params, state, x, y, n)
+
+    eval_step.mesh = mesh
+    eval_step.place = place
+    return eval_step

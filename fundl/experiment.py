@@ -58,7 +58,7 @@ import jax
 import numpy as np
 import optax
 
-from . import _loop
+from . import _loop, _parallel
 from . import io as _io
 from . import train as _train  # module lookup: train.evaluate is the one evaluator
 from ._errors import ConfigError, DirectoryInUseError, NonFiniteError, NotFundlFileError, ShapeError
@@ -66,6 +66,7 @@ from ._export import export as _export_model
 from .functional import cross_entropy as _cross_entropy
 from ._layer import Layer
 from .data import batches, prefetch_to_device
+from .distributed import to_host
 from .train import make_train_step
 
 from . import _lock
@@ -150,7 +151,7 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         learning_rate: Callable | float | None = None, log_every: int = 10,
         title: str = "", data_parallel: bool = False, init_from=None, export_params=None,
         export_model=None, on_nonfinite: str = "stop", allow_nonfinite: bool = False,
-        force: bool = False) -> list[dict]:
+        force: bool = False, parallel: str | None = None) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs with checkpoints, metrics and curves in ``out``.
 
     Args:
@@ -180,14 +181,20 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
       log_every: steps between reads of the metrics from the device (each read waits
         for it; with or without the progress bar).
       title: the curves figure's title.
-      data_parallel: train with ``make_train_step(..., parallel='sharded')`` over
-        all devices of all processes (``batch_size`` is the global batch and must
-        be divisible by ``jax.device_count()``); prints the device count at
-        start. With several processes (after :func:`fundl.distributed.initialize`)
-        each process reads only its rows of every batch, only process 0 writes
-        ``config.json``, ``metrics.jsonl`` and ``curves.png``, and every process
-        takes part in the Orbax checkpoints. Evaluation runs on each process's
-        first device's copy of the (replicated) trees, over the whole test set.
+      data_parallel: ``True`` is ``parallel='sharded'`` (kept for earlier callers).
+      parallel: ``None`` (one device), ``'sharded'`` or ``'fsdp'``: train with
+        ``make_train_step(..., parallel=parallel)`` over all devices of all
+        processes (``batch_size`` is the global batch and must be divisible by
+        ``jax.device_count()``) and evaluate the test set with
+        ``fundl.train.evaluate(..., parallel=parallel)`` (every evaluation batch
+        split over the devices, padded and masked: the metrics equal a one-device
+        evaluation's); prints the device count and the mode at start. With
+        several processes (after :func:`fundl.distributed.initialize`) each
+        process reads only its rows of every training batch and passes the whole
+        test set to the evaluation (each places its devices' rows), only process 0
+        writes ``config.json``, ``metrics.jsonl`` and ``curves.png``, and every
+        process takes part in the Orbax checkpoints. ``data_parallel=True`` with
+        another ``parallel`` than ``'sharded'`` is a ConfigError.
       init_from: a params file (:func:`fundl.io.save`, ``export_params`` or
         :func:`export_checkpoint`) or a PyTorch state_dict file (read by
         :func:`fundl.interop.from_torch`) to start from instead of a fresh
@@ -235,9 +242,9 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
         and host; a lock left by a dead process of this host is taken over).
       CheckpointError: ``resume`` found checkpoints but none passes verification.
     """
-    x_train, y_train, test, steps = _check_run_args(
+    x_train, y_train, test, steps, parallel = _check_run_args(
         model, train, test, epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size,
-        log_every=log_every, data_parallel=data_parallel, transform=transform,
+        log_every=log_every, data_parallel=data_parallel, parallel=parallel, transform=transform,
         on_nonfinite=on_nonfinite, allow_nonfinite=allow_nonfinite)
     out = pathlib.Path(out)
     _check_export_paths(out, export_params=export_params, export_model=export_model)
@@ -257,7 +264,7 @@ def run(model: Layer, optimizer: optax.GradientTransformation, train, test, *, o
                            stop_after=stop_after, progress=progress,
                            eval_batch_size=eval_batch_size, config=config,
                            learning_rate=learning_rate, log_every=log_every, title=title,
-                           data_parallel=data_parallel, init_from=init_from,
+                           parallel=parallel, init_from=init_from,
                            export_params=export_params, export_model=export_model,
                            primary=primary, on_nonfinite=on_nonfinite)
     finally:
@@ -294,27 +301,30 @@ def _open_run_dir(out: pathlib.Path, config, *, resume, force, primary):
 
 def _run_locked(model, optimizer, x_train, y_train, test, steps, *, out, records, epochs,
                 batch_size, seed, transform, augment, resume, stop_after, progress,
-                eval_batch_size, config, learning_rate, log_every, title, data_parallel,
+                eval_batch_size, config, learning_rate, log_every, title, parallel,
                 init_from, export_params, export_model, primary, on_nonfinite):
-    """The body of :func:`run` once ``out`` is validated and locked (same arguments)."""
+    """The body of :func:`run` once ``out`` is validated and locked (same arguments;
+    ``parallel`` resolved from ``data_parallel``)."""
+    data_parallel = parallel is not None
     if data_parallel:
         print(f"data parallel: {jax.device_count()} devices ({jax.local_device_count()} local, "
               f"{jax.process_count()} process(es)), {batch_size // jax.device_count()} examples "
-              f"per device", flush=True)
+              f"per device; parallel={parallel!r}, training and evaluation", flush=True)
     t_run = time.perf_counter()
     root = jax.random.key(seed)
     trees, manager, start, records = _init_or_restore(
         model, optimizer, root, (batch_size, *x_train.shape[1:]), out, resume=resume,
         primary=primary, init_from=init_from, records=records)
-    step_fn = make_train_step(model, optimizer, parallel="sharded" if data_parallel else None,
+    step_fn = make_train_step(model, optimizer, parallel=parallel,
                               skip_nonfinite=on_nonfinite == "skip")
     step = _train_step_with_augment(step_fn, augment, data_parallel)
     epoch_batches = _data_pipeline(step_fn, x_train, y_train, batch_size=batch_size, seed=seed,
                                    transform=transform, data_parallel=data_parallel)
 
-    def test_metrics(trees):  # evaluation on this process's first device, whole test set
-        return _train.evaluate(model, *_local(trees[:2]), test, batch_size=eval_batch_size,
-                               transform=transform, check_data=False)  # checked up front
+    def test_metrics(trees):  # the whole test set, split over the devices when parallel
+        return _train.evaluate(model, *trees[:2], test, batch_size=eval_batch_size,
+                               transform=transform, check_data=False,  # checked up front
+                               parallel=parallel)
 
     last = epochs if stop_after is None else min(epochs, stop_after)
     for epoch in range(start, last):
@@ -334,18 +344,22 @@ def _run_locked(model, optimizer, x_train, y_train, test, steps, *, out, records
     stopped = records[-1].get("stopped") if records else None
     if stopped and on_nonfinite == "raise":
         raise NonFiniteError(stopped)
-    if primary and not stopped and (export_params is not None or export_model is not None):
-        _export_final(model, *_local(trees[:2]), max(start, last), records, params_path=export_params,
-                      model_path=export_model, config=config,
-                      input_shape=(eval_batch_size, *x_train.shape[1:]))
+    if not stopped and (export_params is not None or export_model is not None):
+        final = to_host(trees[:2])  # on every process: sharded (FSDP) params are gathered
+        if primary:
+            _export_final(model, *final, max(start, last), records, params_path=export_params,
+                          model_path=export_model, config=config,
+                          input_shape=(eval_batch_size, *x_train.shape[1:]))
     _report(records, start=start, last=last, epochs=epochs, out=out, seconds=time.perf_counter() - t_run,
             untrained=lambda: test_metrics(trees))
     return records
 
 
 def _check_run_args(model, train, test, *, epochs, batch_size, eval_batch_size, log_every,
-                    data_parallel, transform=None, on_nonfinite="stop", allow_nonfinite=False):
-    """Validate :func:`run`'s arguments; return ``(x_train, y_train, (x_test, y_test), steps)``.
+                    data_parallel, parallel=None, transform=None, on_nonfinite="stop",
+                    allow_nonfinite=False):
+    """Validate :func:`run`'s arguments; return ``(x_train, y_train, (x_test, y_test), steps,
+    parallel)``, ``parallel`` the mode ``data_parallel`` and ``parallel`` ask for.
 
     The data checks (labels in ``[0, C)``, finite float ``x``) run on the host, once."""
     if not isinstance(model, Layer):
@@ -360,10 +374,9 @@ def _check_run_args(model, train, test, *, epochs, batch_size, eval_batch_size, 
     if steps == 0:
         raise ConfigError(f"run: batch_size={batch_size} exceeds the {len(x_train)} training "
                           "examples; lower --batch-size")
-    if not isinstance(data_parallel, bool):
-        raise ConfigError(f"run: data_parallel must be True or False; got {data_parallel!r}")
-    if data_parallel and batch_size % jax.device_count():
-        raise ConfigError(f"run: with data_parallel, batch_size must be divisible by the "
+    parallel = _check_parallel(data_parallel, parallel)
+    if parallel and batch_size % jax.device_count():
+        raise ConfigError(f"run: with parallel={parallel!r}, batch_size must be divisible by the "
                           f"{jax.device_count()} devices; got batch_size={batch_size}")
     if on_nonfinite not in ("stop", "raise", "skip"):
         raise ConfigError(f"run: on_nonfinite must be 'stop', 'raise' or 'skip'; "
@@ -372,7 +385,18 @@ def _check_run_args(model, train, test, *, epochs, batch_size, eval_batch_size, 
     for arg, (x, y) in (("train", (x_train, y_train)), ("test", test)):
         _train._check_values(model, x, y, "run", arg, loss_fn=_cross_entropy, x_like=x_like,
                              allow_nonfinite=allow_nonfinite)
-    return x_train, y_train, test, steps
+    return x_train, y_train, test, steps, parallel
+
+
+def _check_parallel(data_parallel, parallel):
+    """:func:`run`'s mode: ``parallel``, or ``'sharded'`` for ``data_parallel=True``."""
+    if not isinstance(data_parallel, bool):
+        raise ConfigError(f"run: data_parallel must be True or False; got {data_parallel!r}")
+    _parallel.check_eval_parallel(parallel, None, "run")
+    if data_parallel and parallel not in (None, "sharded"):
+        raise ConfigError(f"run: data_parallel=True means parallel='sharded'; got "
+                          f"parallel={parallel!r} too. Pass parallel={parallel!r} alone")
+    return "sharded" if data_parallel else parallel
 
 
 def _check_export_paths(out: pathlib.Path, **paths) -> None:
@@ -490,7 +514,7 @@ def _train_step_with_augment(step_fn, augment, data_parallel):
         if augment_fn is not None:
             x = augment_fn(jax.random.fold_in(key, 1), x)
         params, state, opt_state, metrics = step_fn(params, state, opt_state, (x, y), key)
-        return params, state, opt_state, _local(metrics)  # of the (replicated) global metrics
+        return params, state, opt_state, _parallel.first_copy(metrics)  # replicated global
 
     return step
 
@@ -611,12 +635,6 @@ def _report(records, *, start, last, epochs, out, seconds, untrained) -> None:
           if last > start else f"done: nothing to train (epoch {start} of {epochs}); {out}/", flush=True)
     test_acc = records[-1]["test_accuracy"] if records else untrained()["accuracy"]
     print(f"test_accuracy={test_acc:.4f}", flush=True)
-
-
-def _local(tree):
-    """This process's first copy of every replicated multi-device array (no copy, no sync)."""
-    return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array)
-                        and len(a.sharding.device_set) > 1 else a, tree)
 
 
 def _process_local_to_global(sharding, transform):

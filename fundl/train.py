@@ -337,28 +337,61 @@ def _one_device_step(body, accumulate, donate, where, checks=False):
     return checked_step
 
 
-def make_eval_step(model: Layer, *, loss_fn: Callable = F.cross_entropy) -> Callable:
+def make_eval_step(model: Layer, *, loss_fn: Callable = F.cross_entropy,
+                   parallel: str | None = None, devices=None) -> Callable:
     """Build the compiled evaluation step (inference mode, no key, no update).
 
     The metrics are sums, so that averages over batches of unequal size are
-    exact: ``loss = sum(loss_sum) / sum(count)``.
+    exact: ``loss = sum(loss_sum) / sum(count)``. There are no user metrics: the
+    step reports the loss, the count and the correct predictions only.
 
     Args:
       model: the model, as for :func:`make_train_step`.
       loss_fn: ``loss_fn(logits, y) -> scalar`` averaged over the batch.
+      parallel: ``None`` (one device); ``'sharded'``: data parallel over
+        ``devices`` (a 1-d ``Mesh`` with axis ``'data'``, as
+        ``make_train_step(parallel='sharded')``): a batch of ``n`` rows is padded
+        to a multiple of the device count with copies of its last row, split
+        along ``'data'``, and the padded rows' logits are dropped before
+        ``loss_fn`` and the accuracy, so the sums equal the one-device step's
+        (up to float rounding in the loss) for any ``n`` and any ``loss_fn``.
+        ``params``/``state`` that are ``jax.Array`` s with a ``NamedSharding`` on
+        an equal mesh (replicated, or sharded along ``'data'`` as FSDP params
+        are) are used as they are; anything else (host, one-device arrays) is
+        placed replicated. ``'fsdp'``: the same step (it keeps the params'
+        sharding; host params are placed replicated). ``'pmap'`` is refused
+        (ConfigError): use ``'sharded'``.
+        With several processes every process passes the same whole batch
+        (each places only its devices' rows) and gets the same global sums.
+      devices: the devices for ``parallel`` (default: all, ``jax.devices()``).
 
     Returns:
       ``eval_step(params, state, batch) -> {'loss_sum', 'count'[, 'correct']}``,
       scalar arrays; ``'correct'`` (number of right argmax predictions) only for
-      integer labels ``y: [N]`` with ``logits: [N, C]``.
+      integer labels ``y: [N]`` with ``logits: [N, C]``. With ``parallel`` they are
+      replicated global arrays, and ``eval_step.place((params, state))`` places
+      trees once (what the step does at each call), ``eval_step.mesh`` is the mesh.
+
+    Raises:
+      ConfigError: a ``parallel`` other than ``None``/``'sharded'``/``'fsdp'``,
+        ``devices`` without ``parallel`` or not a list of devices, a bad ``loss_fn``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, fundl.layers as L
+      >>> model = L.Serial(L.Dense(3))
+      >>> _, params = model.init(jax.random.key(0), (2, 4))
+      >>> s = make_eval_step(model, parallel="sharded")(params, {}, (jnp.ones((5, 4)), jnp.zeros(5, int)))
+      >>> int(s['count'])
+      5
     """
     _check_model(model, "make_eval_step")
     _argcheck.check_callable(loss_fn, "loss_fn", "make_eval_step", "loss_fn(logits, y) -> scalar")
+    devices = _parallel.check_eval_parallel(parallel, devices, "make_eval_step")
 
-    def eval_step(params, state, batch):
-        x, y = _split_batch(batch, "eval step")
+    def sums(params, state, x, y, n):
+        # Rows past n (padding for the devices) are dropped before the loss and the accuracy.
         logits, _ = model.apply_with_state(params, state, x, key=None, train=False)
-        n = x.shape[0]
+        logits, y = logits[:n], y[:n]
         # loss_fn is a batch mean; times n gives the batch's sum of per-example losses.
         loss = _argcheck.check_scalar_loss(loss_fn(logits, y), "evaluate")
         out = {"loss_sum": loss * n, "count": jnp.asarray(n, jnp.int32)}
@@ -366,14 +399,22 @@ def make_eval_step(model: Layer, *, loss_fn: Callable = F.cross_entropy) -> Call
             out["correct"] = jnp.sum(jnp.argmax(logits, axis=-1) == y).astype(jnp.int32)
         return out
 
+    if parallel is not None:
+        return _parallel.make_sharded_eval(sums, devices)
+
+    def eval_step(params, state, batch):
+        x, y = _split_batch(batch, "eval step")
+        return sums(params, state, x, y, x.shape[0])
+
     return jax.jit(eval_step)
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_eval_step(model, loss_fn):
-    # One compiled eval step per (model, loss) across evaluate() calls, so that
-    # evaluating every epoch does not recompile.
-    return make_eval_step(model, loss_fn=loss_fn)
+def _cached_eval_step(model, loss_fn, parallel=None, devices=None):
+    # One compiled eval step per (model, loss, parallel, devices) across evaluate() calls,
+    # so that evaluating every epoch does not recompile.
+    return make_eval_step(model, loss_fn=loss_fn, parallel=parallel,
+                          devices=None if devices is None else list(devices))
 
 
 def _check_data(data, where, arg):
@@ -395,7 +436,8 @@ def _check_batch_size(batch_size, where):
 
 def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
              loss_fn: Callable = F.cross_entropy, transform: Callable | None = None,
-             allow_nonfinite: bool = False, check_data: bool = True) -> dict:
+             allow_nonfinite: bool = False, check_data: bool = True,
+             parallel: str | None = None, devices=None) -> dict:
     """Average loss (and accuracy) of ``model`` over a whole dataset, in inference mode.
 
     Exact over a last batch smaller than ``batch_size`` (sums, not means of means).
@@ -413,6 +455,15 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
       allow_nonfinite: accept float ``x`` (or float ``y``) holding NaN/Inf.
       check_data: check ``data`` on the host first (see Raises); :func:`fit` and
         :func:`fundl.experiment.run` check once up front and pass ``False`` per epoch.
+      parallel: ``None`` (one device), ``'sharded'`` or ``'fsdp'``: every batch is
+        split over ``devices`` by :func:`make_eval_step` (padded to a multiple of
+        the device count, the padding masked out), so any ``batch_size`` works and
+        the result equals the one-device evaluation (the loss up to float
+        rounding). ``params``/``state`` may be host, one-device, replicated or
+        ``'data'``-sharded arrays (see :func:`make_eval_step`); they are placed
+        once. With several processes every process passes the same whole ``data``
+        and gets the same result.
+      devices: the devices for ``parallel`` (default: all).
 
     Returns:
       ``{'loss': float, 'accuracy': float}``; no ``'accuracy'`` unless ``y`` holds
@@ -423,9 +474,11 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
         number of outputs; the loss's ``ignore_index`` is allowed), float labels
         ``[N]`` for a class-index loss, or NaN/Inf in float ``x``/``y`` (unless
         ``allow_nonfinite``). The message names the first bad value and its index.
-      ConfigError: a ``transform`` or ``loss_fn`` that is not callable, a bad ``batch_size``.
+      ConfigError: a ``transform`` or ``loss_fn`` that is not callable, a bad ``batch_size``,
+        a ``parallel`` other than ``None``/``'sharded'``/``'fsdp'``, ``devices`` without it.
     """
     _check_model(model, "evaluate")
+    devices = _parallel.check_eval_parallel(parallel, devices, "evaluate")
     x, y = _check_data(data, "evaluate", "data")
     _check_batch_size(batch_size, "evaluate")
     _argcheck.check_callable(transform, "transform", "evaluate", "transform(x_batch) -> x_batch",
@@ -436,11 +489,14 @@ def evaluate(model: Layer, params, state, data, *, batch_size: int = 512,
     if check_data:
         _check_values(model, x, y, "evaluate", "data", loss_fn=loss_fn, x_like=first,
                       allow_nonfinite=allow_nonfinite, trees=(params, state))
-    eval_step = _cached_eval_step(model, loss_fn)
+    eval_step = _cached_eval_step(model, loss_fn, parallel,
+                                  None if devices is None else tuple(devices))
+    if parallel is not None:
+        params, state = eval_step.place((params, state))
     parts = [eval_step(params, state, (first if i == 0 else transform(x[i:i + batch_size]),
                                        y[i:i + batch_size]))
              for i in range(0, len(x), batch_size)]
-    parts = jax.device_get(parts)  # one host sync for the whole pass
+    parts = jax.device_get(_parallel.first_copy(parts))  # one host sync for the whole pass
     count = sum(int(p["count"]) for p in parts)
     out = {"loss": float(sum(np.float64(p["loss_sum"]) for p in parts) / count)}
     if "correct" in parts[0]:
@@ -491,7 +547,7 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
         progress: bool = True, callback: Callable | None = None,
         loss_fn: Callable = F.cross_entropy, log_every: int = 20,
         drop_last: bool = False, frozen=None, on_nonfinite: str = "stop",
-        allow_nonfinite: bool = False) -> FitResult:
+        allow_nonfinite: bool = False, parallel: str | None = None, devices=None) -> FitResult:
     """Train on in-memory NumPy arrays: a minimal loop around :func:`make_train_step`.
 
     Every epoch reshuffles the examples (a permutation drawn from ``key``), runs
@@ -541,6 +597,16 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
         goes on; each history entry gets ``'skipped'``, the number of steps
         skipped in the epoch (its train metrics average the other steps).
       allow_nonfinite: accept float ``x``/``y`` holding NaN or Inf (refused by default).
+      parallel: ``None`` (one device), ``'sharded'`` or ``'fsdp'``: train with
+        ``make_train_step(parallel=..., devices=...)`` and evaluate with
+        ``evaluate(parallel=..., devices=...)`` (exact for any ``eval_data`` size).
+        ``batch_size`` must be divisible by the device count, and so must the
+        epoch's last batch unless ``drop_last`` (ConfigError before training).
+        The returned trees are then global arrays on the devices (replicated, or
+        sharded for ``'fsdp'``). One process only: with several, use
+        :func:`fundl.experiment.run` (ConfigError). ``'pmap'`` is refused: use
+        ``'sharded'``.
+      devices: the devices for ``parallel`` (default: all).
 
     Returns:
       A :class:`FitResult` ``(params, state, opt_state, history)``.
@@ -554,7 +620,8 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
       ConfigError: before training, a bad count (``epochs``, ``batch_size``,
         ``log_every``), a non-bool ``shuffle``/``progress``/``drop_last`` (``'no'`` is not
         False), a ``callback`` or ``loss_fn`` that is not callable, a bad ``optimizer``,
-        ``key`` or ``on_nonfinite``.
+        ``key`` or ``on_nonfinite``; a bad ``parallel``/``devices`` or batch sizes
+        that do not divide over the devices (see ``parallel``).
       NonFiniteError: with ``on_nonfinite='raise'``, see above.
     """
     from tqdm.auto import tqdm  # imported here: only the epoch lines need it
@@ -566,6 +633,7 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
                                   progress=progress, callback=callback, loss_fn=loss_fn)
     _check_fit_values(model, (params, state), train_data, eval_data, loss_fn=loss_fn,
                       on_nonfinite=on_nonfinite, allow_nonfinite=allow_nonfinite)
+    devices = _check_fit_parallel(parallel, devices, len(x), batch_size, drop_last)
     key = _as_key(key)
     # Shuffling runs on the host (seeded from the key): a device permutation would
     # cost a compilation and a sync per epoch for nothing the step needs.
@@ -573,7 +641,8 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
     # The step donates its inputs: copy once so the caller's arrays survive fit().
     # One compiled call, not one compilation per leaf shape as eager ops would cost.
     step = make_train_step(model, optimizer, loss_fn=loss_fn, frozen=frozen,
-                           skip_nonfinite=on_nonfinite == "skip")
+                           skip_nonfinite=on_nonfinite == "skip", parallel=parallel,
+                           devices=devices)
     trees = jax.jit(functools.partial(_copy_and_init, step.init_opt_state))(
         params, state, opt_state)
     history = []
@@ -587,7 +656,8 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
             steps=steps, progress=progress, desc=f"epoch {epoch}/{epochs}", log_every=log_every,
             on_nonfinite=on_nonfinite, where="fit")
         trees = result.trees
-        record = _fit_record(epoch, result, model, trees, eval_data, loss_fn)
+        record = _fit_record(epoch, result, model, trees, eval_data, loss_fn,
+                             dict(parallel=parallel, devices=devices))
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
         if result.stopped:
@@ -649,9 +719,30 @@ def _slices(x, y, order, batch_size, steps):
         yield x[idx], y[idx]
 
 
-def _fit_record(epoch, result, model, trees, eval_data, loss_fn) -> dict:
+def _check_fit_parallel(parallel, devices, n, batch_size, drop_last):
+    """:func:`fit`'s ``parallel``/``devices``: the devices (``None`` for one device); every
+    batch of the epoch must divide over them."""
+    devices = _parallel.check_eval_parallel(parallel, devices, "fit")
+    if devices is None:
+        return None
+    if jax.process_count() > 1:
+        raise ConfigError(f"fit: parallel={parallel!r} runs in one process; got "
+                          f"{jax.process_count()} processes. Use fundl.experiment.run, or "
+                          "make_train_step(parallel=...) with fundl.distributed.process_batches")
+    d, last = len(devices), n % batch_size
+    if batch_size % d or (last % d and not drop_last):
+        raise ConfigError(
+            f"fit: with parallel={parallel!r}, every batch must divide over the {d} devices; "
+            f"got batch_size={batch_size} and a last batch of {last or batch_size} of the {n} "
+            f"examples. Use a batch_size divisible by {d}, and drop_last=True unless the "
+            f"examples divide into such batches (evaluation needs neither)")
+    return devices
+
+
+def _fit_record(epoch, result, model, trees, eval_data, loss_fn, parallel) -> dict:
     """One :attr:`FitResult.history` entry (without ``seconds``): train means, then evaluation
-    (of the kept trees), plus ``'skipped'`` / ``'stopped'`` when the epoch had them."""
+    (of the kept trees; ``parallel``: evaluate's ``parallel``/``devices``), plus ``'skipped'`` /
+    ``'stopped'`` when the epoch had them."""
     train_metrics = result.metrics
     record = {"epoch": epoch, "train_loss": train_metrics["loss"],
               "train_accuracy": train_metrics.get("accuracy"),
@@ -662,7 +753,8 @@ def _fit_record(epoch, result, model, trees, eval_data, loss_fn) -> dict:
         record["stopped"] = result.stopped
     if eval_data is not None:
         params, state, _ = trees
-        ev = evaluate(model, params, state, eval_data, loss_fn=loss_fn, check_data=False)
+        ev = evaluate(model, params, state, eval_data, loss_fn=loss_fn, check_data=False,
+                      **parallel)
         record["test_loss"], record["test_accuracy"] = ev["loss"], ev.get("accuracy")
     return record
 

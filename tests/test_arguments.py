@@ -58,6 +58,7 @@ _SHARED_BAD = [
     (["--init-from", "/nonexistent/w.safetensors"], "--init-from"),
     (["--export-params", "/nonexistent/dir/p.safetensors"], "--export-params"),
     (["--export-model", "/nonexistent/dir/m.bin"], "--export-model"),
+    (["--fsdp", "--data-parallel"], "--data-parallel"), (["--data-parallel", "--fsdp"], "--fsdp"),
 ]
 
 # Each runner's own flags.

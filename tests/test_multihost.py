@@ -83,6 +83,12 @@ def test_params_identical_across_processes_and_equal_one_process(two_processes, 
     assert ref.keys() == got[0].keys()
     for k in ref:
         np.testing.assert_allclose(got[0][k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    # The test set evaluated data parallel over both processes equals one device's evaluation.
+    from fundl.experiment import read_metrics
+    two, one = (read_metrics(d / "metrics.jsonl") for d in (out / "run", tmp_path / "ref"))
+    for a, b in zip(two, one, strict=True):
+        assert a["test_accuracy"] == b["test_accuracy"], (a, b)
+        assert abs(a["test_loss"] - b["test_loss"]) < 1e-4, (a, b)
 
 
 def test_primary_alone_writes_logs_and_checkpoints_are_complete(two_processes):

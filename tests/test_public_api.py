@@ -33,6 +33,9 @@ PRIVATE_ON_PURPOSE = {
     ("test_loop.py", "fundl._loop"):
         "pins that fit and experiment.run share one epoch loop (counts calls to run_epoch) and "
         "tests that loop directly",
+    ("parallel_eval_worker.py", "fundl._loop"):
+        "the epoch loop's finiteness check on params sharded over devices (as FSDP leaves "
+        "them), before any public step returns such params",
     ("test_shapes.py", "fundl._shapes"):
         "resolve_padding, the one normaliser of padding spellings behind the public ops, is "
         "checked directly on hand-computed (lo, hi) pairs",
