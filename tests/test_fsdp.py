@@ -19,12 +19,11 @@ from jax.sharding import Mesh
 
 import fundl.layers as L
 from fundl import ConfigError
-from fundl._parallel import FSDP_MIN_SIZE, fsdp_shardings
+from fundl._parallel import FSDP_MIN_SIZE, fsdp_shardings, fsdp_spec  # private on purpose: the rule
 from fundl.train import make_train_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOL = 2e-5  # float32 rounding: the sums run in another order over 8 devices
-REL_TOL = 1e-4  # resnet18, per leaf relative to its largest value (observed <= 1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +48,12 @@ def test_equals_one_device(results, check):
 @pytest.mark.slow
 @pytest.mark.parametrize("opt", ["momentum", "adam"])
 def test_resnet18_each_step_equals_one_device(results, opt):
-    assert results[f"resnet18_{opt}_rel"] < REL_TOL, results[f"resnet18_{opt}_rel"]
+    """Per step from the same trees: the loss to float precision; params, batch-norm state and
+    optimizer state (per leaf, relative to its largest value) as close to the one-device
+    step as the replicated 'sharded' step is (see the worker for why not 2e-5)."""
+    r = {k: results[f"resnet18_{opt}_{k}"] for k in ("loss", "fsdp", "sharded")}
+    assert r["loss"] < TOL, r
+    assert r["fsdp"] < max(1e-4, 3 * r["sharded"]), r
 
 
 @pytest.mark.slow
@@ -101,7 +105,6 @@ def test_fsdp_shardings_rule():
     tree = {"w": np.zeros((64, 32)), "b": None, "s": np.zeros(3)}
     sh = fsdp_shardings(tree, mesh)
     assert sh["b"] is None and sh["w"].mesh == mesh and sh["s"].spec == jax.sharding.PartitionSpec()
-    from fundl._parallel import fsdp_spec
     assert fsdp_spec((3, 3, 64, 128), 8) == jax.sharding.PartitionSpec(None, None, None, "data")
     assert fsdp_spec((72, 64), 8) == jax.sharding.PartitionSpec("data")  # largest divisible
     assert fsdp_spec((64, 64), 8) == jax.sharding.PartitionSpec("data")  # tie: the first

@@ -20,6 +20,10 @@ TESTS = pathlib.Path(__file__).parent
 
 # (test file, first private component reached) -> why the test goes past the public surface.
 PRIVATE_ON_PURPOSE = {
+    ("fsdp_worker.py", "fundl._parallel"):
+        "reads FSDP_MIN_SIZE to tell which leaves the fsdp step must split and which replicate",
+    ("test_fsdp.py", "fundl._parallel"):
+        "pins the fsdp placement rule (fsdp_shardings, fsdp_spec, FSDP_MIN_SIZE) leaf by leaf",
     ("test_fast_paths.py", "fundl._lowering"):
         "checks the auto lowering against its policy (pool_reshape_ok) and simulates a GPU by "
         "patching the backend probe _on_cpu",
