@@ -145,7 +145,8 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         ``len(devices)``, leaves of fewer than 1024 elements or without such a
         dimension replicated (``step.param_shardings(params)`` shows which); the
         compiler gathers each where it is used. Per device about ``1/D`` of the
-        parameter and optimizer memory; same results as ``'sharded'``. The
+        parameter and optimizer memory; results as ``'sharded'`` (up to float
+        rounding: the gradient sums may run in another order). The
         global batch size must be divisible by ``len(devices) * accumulate``
         (ConfigError otherwise).
       devices: the devices for ``parallel`` (default: all, ``jax.devices()``;
