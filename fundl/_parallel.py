@@ -307,15 +307,15 @@ def make_sharded_step(body, devices, accumulate, sync, donate, where, fsdp=False
     fn, cache = _mesh_fn(body, sync, len(devices)), {}
     tree_shardings = (lambda t: fsdp_shardings(t, mesh)) if fsdp else (lambda t: repl)
 
-    def jitted_for(params, opt_state):
-        ps, os_ = tree_shardings(params), tree_shardings(opt_state)
-        sig = (jax.tree.structure((params, opt_state)), tuple(jax.tree.leaves((ps, os_))))
+    def jitted_for(params, opt_state):  # shardings depend on the trees' structure and shapes
+        sig = (jax.tree.structure((params, opt_state)),
+               tuple(np.shape(a) for a in jax.tree.leaves((params, opt_state))))
         if sig not in cache:
-            cache[sig] = jax.jit(fn, static_argnums=(5,),
-                                 in_shardings=(ps, repl, os_, data, repl),
-                                 out_shardings=(ps, repl, os_, repl),
-                                 donate_argnums=(0, 1, 2) if donate else ())
-        return cache[sig], ps, os_
+            ps, os_ = tree_shardings(params), tree_shardings(opt_state)
+            cache[sig] = (jax.jit(fn, static_argnums=(5,), in_shardings=(ps, repl, os_, data, repl),
+                                  out_shardings=(ps, repl, os_, repl),
+                                  donate_argnums=(0, 1, 2) if donate else ()), ps, os_)
+        return cache[sig]
 
     def place(tree, shardings):
         if isinstance(shardings, NamedSharding):

@@ -122,3 +122,14 @@ def test_fsdp_shardings_rule():
 def test_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         make_train_step(_mlp(), optax.sgd(0.1), **kwargs)
+
+
+def test_lower_on_shapes_compiles_without_arrays():
+    """``step.lower`` takes ``jax.ShapeDtypeStruct`` trees (what benchmarks/fsdp_memory.py uses)."""
+    model, opt = _mlp(), optax.adam(1e-3)
+    p = jax.eval_shape(lambda k: model.init(k, (4, 20))[1], jax.random.key(0))
+    batch = (jax.ShapeDtypeStruct((4, 20), np.float32), jax.ShapeDtypeStruct((4,), np.int32))
+    step = make_train_step(model, opt, parallel="fsdp")
+    mem = step.lower(p, {}, jax.eval_shape(opt.init, p), batch).compile().memory_analysis()
+    params_bytes = (20 * 64 + 64 + 64 * 3 + 3) * 4
+    assert mem.argument_size_in_bytes >= 3 * params_bytes  # params, Adam's mu and nu
