@@ -156,8 +156,9 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         ``True``: over the whole global batch (cross-replica / synchronised BN:
         the result equals the one-device step on the same batch);
         ``False``: over each device's ``N/D`` rows (per-device statistics, as
-        without synchronisation; in the ``'sharded'`` form computed as "ghost"
-        statistics over ``D`` contiguous groups of rows, so both forms agree).
+        without synchronisation; in the ``'sharded'`` and ``'fsdp'`` forms
+        computed as "ghost" statistics over ``D`` contiguous groups of rows, so
+        all forms agree).
         In both modes the running statistics stay identical on all devices:
         ``running = (1 - momentum) * running + momentum * b`` with ``b`` the
         global batch's statistics (``True``) or the average over devices of the
