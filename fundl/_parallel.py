@@ -262,8 +262,11 @@ def fsdp_shardings(tree, mesh: Mesh):
       >>> import jax, numpy as np
       >>> from jax.sharding import Mesh
       >>> mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
-      >>> fsdp_shardings({'w': np.zeros((64, 32))}, mesh)['w'].spec
-      PartitionSpec()
+      >>> sh = fsdp_shardings({'w': np.zeros((64, 32)), 'b': np.zeros(32)}, mesh)
+      >>> sh['w'].mesh.axis_names, sh['b'].is_fully_replicated
+      (('data',), True)
+      >>> fsdp_spec((3, 3, 64, 128), 8) == P(None, None, None, 'data')  # on 8 devices
+      True
     """
     n_dev = mesh.shape[DATA_AXIS]
     return jax.tree.map(lambda a: NamedSharding(mesh, fsdp_spec(np.shape(a), n_dev)), tree)
