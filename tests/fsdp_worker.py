@@ -99,7 +99,8 @@ def main():  # everything inside: importing this module (pytest --doctest-module
     # resnet18 (CIFAR stem, 32x32): with batch norm and random init, some gradients are
     # tiny sums of large terms, so float rounding in another order changes them by a few
     # percent of the leaf's largest value, in 'sharded' as much as in 'fsdp' (measured:
-    # up to 5% after one step), and training amplifies that from step to step. So each
+    # up to 10% after one step; on one device, permuting the batch rows changes them by
+    # up to 0.9%), and training amplifies that from step to step. So each
     # fsdp step is compared with the one-device step from the same trees (the fsdp step's
     # own sharded outputs feed its next step and, gathered, the references), next to the
     # 'sharded' step from the same trees: the loss (forward pass with the gathered

@@ -53,7 +53,7 @@ def test_resnet18_each_step_equals_one_device(results, opt):
     step as the replicated 'sharded' step is (see the worker for why not 2e-5)."""
     r = {k: results[f"resnet18_{opt}_{k}"] for k in ("loss", "fsdp", "sharded")}
     assert r["loss"] < TOL, r
-    assert r["fsdp"] < max(1e-4, 3 * r["sharded"]), r
+    assert r["fsdp"] < max(1e-4, 1.5 * r["sharded"]), r  # measured: equal to 5 digits
 
 
 @pytest.mark.slow
