@@ -1,4 +1,4 @@
-"""Data-parallel train steps: one body, three ways to run it (one device, sharded, pmap).
+"""Data-parallel train steps: one body, four ways to run it (one device, sharded, fsdp, pmap).
 
 Semantics shared by every form (see :func:`fundl.train.make_train_step`):
 
@@ -27,7 +27,10 @@ from ._keys import as_optional_key
 from ._norm import STEP_AXIS, batch_stats_mode
 
 DATA_AXIS = STEP_AXIS  # one name, defined beside BatchNorm (which resolves its own axis_name against it)
-PARALLEL = (None, "sharded", "pmap")
+PARALLEL = (None, "sharded", "fsdp", "pmap")
+# 'fsdp': leaves with fewer elements than this stay replicated (a bias, a batch-norm
+# scale, Adam's step count): 4 KiB in float32, less than splitting and gathering them costs.
+FSDP_MIN_SIZE = 2 ** 10
 
 
 def split_batch(batch, where):
@@ -216,58 +219,133 @@ def _key_parts(key):
 
 
 def _global(a, sharding):
-    """``a`` as a global array with ``sharding`` (a replicated one: same value everywhere)."""
+    """``a`` (host, one-device or global array) as a global array with ``sharding``; with
+    several processes a host value must be the same on all of them."""
     if isinstance(a, jax.Array) and a.sharding == sharding:
         return a
-    if jax.process_count() == 1:
+    if jax.process_count() == 1 or (isinstance(a, jax.Array) and not a.is_fully_addressable):
         return jax.device_put(a, sharding)
     host = np.asarray(a)
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
-def make_sharded_step(body, devices, accumulate, sync, donate, where):
-    """The global-view step: ``jit`` over a 1-d ``Mesh`` with axis ``'data'``."""
-    mesh = Mesh(np.array(devices), (DATA_AXIS,))
-    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
-    n_dev = len(devices)
+def fsdp_spec(shape, n_dev: int) -> P:
+    """The 'fsdp' ``PartitionSpec`` of a leaf of ``shape`` over ``n_dev`` devices.
 
+    The leaf is split along its largest dimension divisible by ``n_dev`` (the first
+    such on a tie); it is replicated (``P()``) when it has fewer than
+    ``FSDP_MIN_SIZE`` elements or no dimension divisible by ``n_dev``.
+    """
+    shape = tuple(shape)
+    dims = [i for i, d in enumerate(shape) if d % n_dev == 0]
+    if n_dev == 1 or int(np.prod(shape)) < FSDP_MIN_SIZE or not dims:
+        return P()
+    axis = max(dims, key=lambda i: (shape[i], -i))
+    return P(*([None] * axis), DATA_AXIS)
+
+
+def fsdp_shardings(tree, mesh: Mesh):
+    """ZeRO-3 / FSDP placement of ``tree`` on ``mesh``: a ``NamedSharding`` per leaf.
+
+    Args:
+      tree: a pytree of arrays or ``jax.ShapeDtypeStruct`` s (params, optimizer state).
+      mesh: a ``Mesh`` with axis ``'data'`` (e.g. ``step.mesh`` of a
+        ``make_train_step(..., parallel='fsdp')`` step), of ``D`` devices.
+
+    Returns:
+      A tree of the same structure (``None`` leaves stay ``None``): each leaf split
+      along ``'data'`` on its largest dimension divisible by ``D`` (each device holds
+      ``1/D`` of it), or replicated when it has fewer than ``FSDP_MIN_SIZE = 1024``
+      elements or no such dimension.
+
+    Example:
+      >>> import jax, numpy as np
+      >>> from jax.sharding import Mesh
+      >>> mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
+      >>> sh = fsdp_shardings({'w': np.zeros((64, 32)), 'b': np.zeros(32)}, mesh)
+      >>> sh['w'].mesh.axis_names, sh['b'].is_fully_replicated
+      (('data',), True)
+      >>> fsdp_spec((3, 3, 64, 128), 8) == P(None, None, None, 'data')  # on 8 devices
+      True
+    """
+    n_dev = mesh.shape[DATA_AXIS]
+    return jax.tree.map(lambda a: NamedSharding(mesh, fsdp_spec(np.shape(a), n_dev)), tree)
+
+
+def _mesh_fn(body, sync, n_dev):
+    """The global-view function: key rebuilt from its data, batch-norm groups set."""
     def fn(params, state, opt_state, batch, key_data, impl):
         key = None if key_data is None else (
             key_data if impl is None else jax.random.wrap_key_data(key_data, impl=impl))
         x, y = batch
         with batch_stats_mode(groups=1 if sync else n_dev):
             return body(params, state, opt_state, x, y, key)
+    return fn
 
-    jitted = jax.jit(fn, static_argnums=(5,), in_shardings=(repl, repl, repl, data, repl),
-                     out_shardings=(repl, repl, repl, repl),
-                     donate_argnums=(0, 1, 2) if donate else ())
+
+def _global_batch(batch, data, n_dev, accumulate, where):
+    """``(x, y)`` as global arrays split along ``'data'`` (each process passes its rows)."""
+    x, y = split_batch(batch, "train step")
+    n_local = np.shape(x)[0]
+    if np.shape(y)[0] != n_local:
+        raise ShapeError(f"train step: x and y must have the same number of rows; got "
+                         f"{n_local} and {np.shape(y)[0]}")
+    n_global = n_local if isinstance(x, jax.Array) and not x.is_fully_addressable \
+        else n_local * jax.process_count()
+    check_divisible(n_global, n_dev, accumulate, where)
+    if jax.process_count() == 1:
+        return jax.device_put((x, y), data)
+    return tuple(a if isinstance(a, jax.Array) and a.sharding == data
+                 else jax.make_array_from_process_local_data(data, np.asarray(a)) for a in (x, y))
+
+
+def make_sharded_step(body, devices, accumulate, sync, donate, where, fsdp=False):
+    """The global-view step: ``jit`` over a 1-d ``Mesh`` with axis ``'data'``.
+
+    ``fsdp``: ``params`` and ``opt_state`` placed by :func:`fsdp_shardings` (in and
+    out) instead of replicated; one ``jit`` per structure and shapes of these trees.
+    """
+    mesh = Mesh(np.array(devices), (DATA_AXIS,))
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+    fn, cache = _mesh_fn(body, sync, len(devices)), {}
+    tree_shardings = (lambda t: fsdp_shardings(t, mesh)) if fsdp else (lambda t: repl)
+
+    def jitted_for(params, opt_state):  # shardings depend on the trees' structure and shapes
+        sig = (jax.tree.structure((params, opt_state)),
+               tuple(np.shape(a) for a in jax.tree.leaves((params, opt_state))))
+        if sig not in cache:
+            ps, os_ = tree_shardings(params), tree_shardings(opt_state)
+            cache[sig] = (jax.jit(fn, static_argnums=(5,), in_shardings=(ps, repl, os_, data, repl),
+                                  out_shardings=(ps, repl, os_, repl),
+                                  donate_argnums=(0, 1, 2) if donate else ()), ps, os_)
+        return cache[sig]
+
+    def place(tree, shardings):
+        if isinstance(shardings, NamedSharding):
+            return jax.tree.map(lambda a: _global(a, shardings), tree)
+        return jax.tree.map(_global, tree, shardings)
 
     def step(params, state, opt_state, batch, key):
         key = as_optional_key(key, "train step")
-        x, y = split_batch(batch, "train step")
-        n_local = np.shape(x)[0]
-        if np.shape(y)[0] != n_local:
-            raise ShapeError(f"train step: x and y must have the same number of rows; got "
-                             f"{n_local} and {np.shape(y)[0]}")
-        n_global = n_local if isinstance(x, jax.Array) and not x.is_fully_addressable \
-            else n_local * jax.process_count()
-        check_divisible(n_global, n_dev, accumulate, where)
-        if jax.process_count() == 1:
-            batch = jax.device_put((x, y), data)
-        else:  # each process passes its own rows of the global batch
-            batch = tuple(a if isinstance(a, jax.Array) and a.sharding == data
-                          else jax.make_array_from_process_local_data(data, np.asarray(a))
-                          for a in (x, y))
-        params, state, opt_state = jax.tree.map(lambda a: _global(a, repl),
-                                                (params, state, opt_state))
+        batch = _global_batch(batch, data, len(devices), accumulate, where)
+        jitted, ps, os_ = jitted_for(params, opt_state)
+        params, opt_state = place(params, ps), place(opt_state, os_)
+        state = jax.tree.map(lambda a: _global(a, repl), state)
         key_data, impl = _key_parts(key)
         if key_data is not None:
             key_data = _global(key_data, repl)
         return jitted(params, state, opt_state, batch, key_data, impl)
 
-    step.mesh = mesh
-    step.replicated = repl
-    step.batch_sharding = data
+    def lower(params, state, opt_state, batch, key=None):
+        """``jit.lower`` on shapes (``jax.ShapeDtypeStruct`` s allowed; nothing placed)."""
+        key_data, impl = _key_parts(as_optional_key(key, "train step"))
+        return jitted_for(params, opt_state)[0].lower(params, state, opt_state, tuple(batch),
+                                                      key_data, impl)
+
+    step.mesh, step.replicated, step.batch_sharding, step.lower = mesh, repl, data, lower
+    step.param_shardings = lambda tree: fsdp_shardings(tree, mesh) if fsdp \
+        else jax.tree.map(lambda _: repl, tree)
+    step.place = lambda tree: place(tree, step.param_shardings(tree))
     return step
 
 

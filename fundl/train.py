@@ -139,8 +139,16 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         the batch is split along it, ``params``/``state``/``opt_state`` are
         replicated, the compiler averages the gradients); ``'pmap'``: the same
         with ``jax.pmap`` and an explicit ``lax.pmean`` of the gradients over
-        axis ``'data'``. The global batch size must be divisible by
-        ``len(devices) * accumulate`` (ConfigError otherwise).
+        axis ``'data'``; ``'fsdp'``: as ``'sharded'``, but ``params`` and
+        ``opt_state`` are split over the devices (ZeRO-3 / fully sharded data
+        parallel): each leaf along its largest dimension divisible by
+        ``len(devices)``, leaves of fewer than 1024 elements or without such a
+        dimension replicated (``step.param_shardings(params)`` shows which); the
+        compiler gathers each where it is used. Per device about ``1/D`` of the
+        parameter and optimizer memory; results as ``'sharded'`` (up to float
+        rounding: the gradient sums may run in another order). The
+        global batch size must be divisible by ``len(devices) * accumulate``
+        (ConfigError otherwise).
       devices: the devices for ``parallel`` (default: all, ``jax.devices()``;
         with several processes, every process's devices).
       sync_batch_stats: with ``parallel``, how BatchNorm layers (built without
@@ -148,8 +156,9 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         ``True``: over the whole global batch (cross-replica / synchronised BN:
         the result equals the one-device step on the same batch);
         ``False``: over each device's ``N/D`` rows (per-device statistics, as
-        without synchronisation; in the ``'sharded'`` form computed as "ghost"
-        statistics over ``D`` contiguous groups of rows, so both forms agree).
+        without synchronisation; in the ``'sharded'`` and ``'fsdp'`` forms
+        computed as "ghost" statistics over ``D`` contiguous groups of rows, so
+        all forms agree).
         In both modes the running statistics stay identical on all devices:
         ``running = (1 - momentum) * running + momentum * b`` with ``b`` the
         global batch's statistics (``True``) or the average over devices of the
@@ -232,6 +241,19 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         ``[D, N/D, ...]`` inside). Device ``d`` draws its dropout mask from
         ``fold_in(key, d)``: same distribution as, but other masks than, the
         one-device step. Metrics are averaged over devices (unreplicated scalars).
+      * ``'fsdp'``: the batch, keys, dropout masks and metrics as in
+        ``'sharded'``; ``state`` (batch norm, small) replicated. ``params`` and
+        ``opt_state`` come back split over the devices (``leaf.sharding`` is a
+        ``NamedSharding`` on axis ``'data'``): they are ordinary ``jax.Array`` s,
+        and ``np.asarray`` / ``fundl.distributed.to_host`` gather them. Trees
+        passed in (host, one-device or differently placed arrays) are placed
+        at each call (with several processes from each process's identical
+        copy, by ``jax.make_array_from_callback``); pass the returned trees back
+        to avoid that copy. ``step.param_shardings(tree)`` gives the shardings
+        and ``step.place(tree)`` places a tree (e.g. ``step.place(opt.init(p))``),
+        ``step.mesh`` is the mesh and ``step.lower(params, state, opt_state,
+        batch)`` lowers the step for these trees (``jax.ShapeDtypeStruct`` s
+        allowed: e.g. ``.compile().memory_analysis()``).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, fundl.layers as L
@@ -257,7 +279,7 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         raise ConfigError(f"make_train_step: sync_batch_stats must be True or False; got "
                           f"sync_batch_stats={sync_batch_stats!r}")
     if parallel is None and devices is not None:
-        raise ConfigError("make_train_step: devices= needs parallel='sharded' or 'pmap'; "
+        raise ConfigError("make_train_step: devices= needs parallel='sharded', 'fsdp' or 'pmap'; "
                           f"got parallel=None with devices={devices!r}")
     where = "make_train_step"
     for arg, value in (("checks", checks), ("skip_nonfinite", skip_nonfinite)):
@@ -272,9 +294,10 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
         _parallel.make_body, model, optimizer, loss_fn, metrics, accumulate,
         prec=_precision.policy(precision), frozen=pats, where=where,
         skip_nonfinite=skip_nonfinite, checks=checks)
-    if parallel == "sharded":
+    if parallel in ("sharded", "fsdp"):
         step = _parallel.make_sharded_step(body(), _parallel.check_devices(devices, where),
-                                           accumulate, sync_batch_stats, donate, where)
+                                           accumulate, sync_batch_stats, donate, where,
+                                           fsdp=parallel == "fsdp")
     elif parallel == "pmap":
         step = _parallel.make_pmap_step(body(grad_axis=_parallel.DATA_AXIS),
                                         _parallel.check_devices(devices, where), accumulate,

@@ -3,7 +3,8 @@
 Joins a localhost JAX job, trains ``convnet_mnist`` with ``run(..., data_parallel=True)``
 on synthetic data (each process reads its half of every batch; the 16 test examples are
 evaluated in batches of 5, padded over the 2 devices), then writes this process's view
-of the final checkpoint to ``OUT/params_<PROCESS_ID>.npz``.
+of the final checkpoint to ``OUT/params_<PROCESS_ID>.npz``; then two
+``parallel='fsdp'`` steps of a small MLP (:func:`fsdp_mlp`) to ``OUT/fsdp_<PROCESS_ID>.npz``.
 """
 import sys
 
@@ -30,6 +31,28 @@ def train(out, data_parallel):
                transform=lambda a: np.asarray(a, np.float32) / 255.0, eval_batch_size=5)
 
 
+def fsdp_mlp(parallel="fsdp", process_index=0, process_count=1):
+    """Two Adam steps of a small MLP on fixed global batches of 8 rows, this process's
+    rows only; returns the host params and the local shard's shape of ``hidden/w``
+    ([64, 32]: with ``parallel='fsdp'`` split by rows over the devices)."""
+    import jax
+    import optax
+
+    import fundl.layers as L
+    from fundl.distributed import to_host
+    from fundl.train import make_train_step
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(2, 8, 64)).astype(np.float32), rng.integers(0, 4, (2, 8)).astype(np.int32)
+    model, opt = L.Serial(L.Dense(32, name="hidden"), L.ReLU(), L.Dense(4, name="head")), optax.adam(1e-2)
+    _, p = model.init(jax.random.key(0), (8, 64))
+    step = make_train_step(model, opt, parallel=parallel)
+    trees = (p, {}, opt.init(p))
+    rows = slice(process_index * 8 // process_count, (process_index + 1) * 8 // process_count)
+    for i in range(2):
+        *trees, _ = step(*trees, (x[i][rows], y[i][rows]), None)
+    return flat(to_host(trees[0])), trees[0]["hidden"]["w"].addressable_shards[0].data.shape
+
+
 def flat(tree):
     import jax
     return {jax.tree_util.keystr(k): np.asarray(v)
@@ -47,4 +70,6 @@ if __name__ == "__main__":
     from fundl.experiment import load_checkpoint
     epoch, tree = load_checkpoint(out + "/run")
     np.savez(f"{out}/params_{pid}.npz", epoch=epoch, **flat(tree["params"]))
+    fsdp_params, shard = fsdp_mlp("fsdp", index, count)
+    np.savez(f"{out}/fsdp_{pid}.npz", shard=np.array(shard), **fsdp_params)
     print(f"process {index}: done", flush=True)

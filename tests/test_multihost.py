@@ -91,6 +91,18 @@ def test_params_identical_across_processes_and_equal_one_process(two_processes, 
         assert abs(a["test_loss"] - b["test_loss"]) < 1e-4, (a, b)
 
 
+def test_fsdp_steps_split_params_and_equal_one_process(two_processes):
+    out, _ = two_processes
+    got = [dict(np.load(out / f"fsdp_{i}.npz")) for i in range(2)]
+    for g in got:  # hidden/w [64, 32]: each process holds its 32 rows
+        assert tuple(g.pop("shard")) == (32, 32)
+    ref, _ = multihost_worker.fsdp_mlp(parallel=None)
+    assert ref.keys() == got[0].keys()
+    for k in ref:
+        np.testing.assert_array_equal(got[0][k], got[1][k], err_msg=k)
+        np.testing.assert_allclose(got[0][k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
 def test_primary_alone_writes_logs_and_checkpoints_are_complete(two_processes):
     out, _ = two_processes
     run = out / "run"

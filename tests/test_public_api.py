@@ -27,6 +27,10 @@ PRIVATE_ON_PURPOSE = {
     ("test_remat.py", "fundl._remat"):
         "RematSerial (the checkpointed segments of VGG's features with remat=True) is built only "
         "by the zoo and tested directly, with the list of named policies",
+    ("fsdp_worker.py", "fundl._parallel"):
+        "reads FSDP_MIN_SIZE to tell which leaves the fsdp step must split and which replicate",
+    ("test_fsdp.py", "fundl._parallel"):
+        "pins the fsdp placement rule (fsdp_shardings, fsdp_spec, FSDP_MIN_SIZE) leaf by leaf",
     ("test_fast_paths.py", "fundl._lowering"):
         "checks the auto lowering against its policy (pool_reshape_ok) and simulates a GPU by "
         "patching the backend probe _on_cpu",
