@@ -35,7 +35,6 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ._combinators import Graph, Parallel, Residual, Serial

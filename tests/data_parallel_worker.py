@@ -16,7 +16,6 @@ def main():  # everything inside: importing this module (pytest --doctest-module
                                + " --xla_backend_optimization_level=0")
 
     import jax  # noqa: E402
-    import jax.numpy as jnp  # noqa: E402
     import numpy as np  # noqa: E402
     import optax  # noqa: E402
 

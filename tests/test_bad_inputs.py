@@ -53,7 +53,7 @@ import fundl.surgery as S
 import fundl.train as T
 import fundl.viz as V
 from fundl import (CheckpointError, ConfigError, DataError, DirectoryInUseError, FundlError,
-                   NonFiniteError, ShapeError)
+                   ShapeError)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 KEY = jax.random.key(0)

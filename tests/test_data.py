@@ -254,7 +254,7 @@ def test_unavailable_lists_sources(tmp_path, monkeypatch, no_download, name):
     msg = str(info.value)
     native = "IDX files in data_dir" if name != "cifar10" else "cifar-10-batches-py in data_dir"
     for part in (native, "TFDS copy in data_dir", "$FUNDL_DATA_DIR: not set",
-                 f"TFDS default data dir", str(tfds_dir / name), "pass data_dir=DIR",
+                 "TFDS default data dir", str(tfds_dir / name), "pass data_dir=DIR",
                  "set FUNDL_DATA_DIR=DIR", f"tfds.builder('{name}'", "file_format='array_record'"):
         assert part in msg, (part, msg)
     assert list(empty.iterdir()) == [] and list(tfds_dir.iterdir()) == []  # nothing written

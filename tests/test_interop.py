@@ -20,7 +20,7 @@ from torch import nn
 
 import fundl
 import fundl.layers as L
-from fundl import interop, models, surgery
+from fundl import models, surgery
 from fundl.interop import StateDictError, StateDictWarning, from_torch, to_torch, torch_names
 
 KEY = jax.random.key(0)
