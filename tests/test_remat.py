@@ -311,8 +311,8 @@ import json, jax, numpy as np, optax
 from fundl import models
 from fundl.train import make_train_step
 
-def run(remat, parallel):
-    m = models.resnet("basic", (2, 2), 4, stem="cifar", width=8, scan=2, name="r", remat=remat)
+def run(remat, parallel, width=8):
+    m = models.resnet("basic", (2, 2), 4, stem="cifar", width=width, scan=2, name="r", remat=remat)
     opt = optax.sgd(0.1, momentum=0.9)
     x = np.asarray(jax.random.normal(jax.random.key(0), (8, 16, 16, 3)))
     y = np.array([0, 1, 2, 3, 0, 1, 2, 3], np.int32)
@@ -321,6 +321,7 @@ def run(remat, parallel):
     step = make_train_step(m, opt, parallel=parallel, donate=False)
     for _ in range(2):
         p, s, o, met = step(p, s, o, (x, y), None)
+    run.split = sum(a.addressable_shards[0].data.size < a.size for a in jax.tree.leaves(p))
     return jax.device_get((p, s, met["loss"]))
 
 def diff(u, v):
@@ -328,13 +329,19 @@ def diff(u, v):
                for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(v), strict=True))
 
 remat = run(True, "sharded")
+# fsdp at width 16: its 3x3x16x16 convolutions (2304 elements) are split over the 4 devices
+# (leaves under 1024 elements stay replicated, so width 8 would not exercise the gathers)
+fsdp = run(True, "fsdp", 16)
+split = run.split  # params split over the devices by the fsdp step
 print(json.dumps({"devices": len(jax.devices()), "vs_plain_sharded": diff(remat, run(False, "sharded")),
-                  "vs_one_device": diff(remat, run(False, None))}))
+                  "vs_one_device": diff(remat, run(False, None)),
+                  "fsdp_vs_one_device": diff(fsdp, run(False, None, 16)),
+                  "fsdp_split_leaves": split}))
 """
 
 
 @pytest.mark.slow
-def test_sharded_step_on_four_devices_matches_the_plain_model():
+def test_sharded_and_fsdp_steps_on_four_devices_match_the_plain_model():
     import json
     import os
     import pathlib
@@ -349,3 +356,4 @@ def test_sharded_step_on_four_devices_matches_the_plain_model():
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["devices"] == 4
     assert r["vs_plain_sharded"] < 1e-5 and r["vs_one_device"] < 1e-5, r
+    assert r["fsdp_split_leaves"] >= 4 and r["fsdp_vs_one_device"] < 1e-5, r
