@@ -11,20 +11,16 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # Most of a test's time is XLA compiling small programs. Keep every compiled program
 # on disk (.jax_cache/, ignored by git): the first run of a fresh clone compiles as
-# before, later runs (the fast tier after each change) read them back. The settings go
-# into the environment too, so the runners and workers that tests start as subprocesses
-# share the cache (many of them compile the same programs). A size limit turns on JAX's
-# file lock around every cache read and write: the pytest-xdist workers and those
-# subprocesses then never read an entry another process is still writing.
+# before, later runs (the fast tier after each change) read them back.
 # FUNDL_TEST_JAX_CACHE=0 turns it off.
 if os.environ.get("FUNDL_TEST_JAX_CACHE", "1") != "0":
-    _CACHE = {"jax_compilation_cache_dir": str(pathlib.Path(__file__).resolve().parent / ".jax_cache"),
-              "jax_persistent_cache_min_compile_time_secs": 0,
-              "jax_persistent_cache_min_entry_size_bytes": 0,
-              "jax_compilation_cache_max_size": 4 * 2 ** 30}
-    for _name, _value in _CACHE.items():
-        jax.config.update(_name, _value)
-        os.environ[_name.upper()] = str(_value)
+    # One directory per pytest-xdist worker: JAX writes cache entries without a lock, so
+    # two workers compiling the same program could read each other's half-written file.
+    jax.config.update("jax_compilation_cache_dir",
+                      str(pathlib.Path(__file__).resolve().parent / ".jax_cache"
+                          / os.environ.get("PYTEST_XDIST_WORKER", "main")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 # Doctests that compile a whole model: the slow tier (they run in the full suite).
