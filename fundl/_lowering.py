@@ -2,7 +2,7 @@
 
 JAX's default lowerings are slow on CPU for small convnets: XLA's CPU
 convolution (above all its gradients) and the gradient of a ``reduce_window``
-max pool (``select_and_scatter``). Two mathematically identical formulations
+max pool (``select_and_scatter``). Three mathematically identical formulations
 are much faster there:
 
 * **im2col convolution**: one gather collects, for every output position, the
@@ -16,6 +16,12 @@ are much faster there:
   the patches are ``K`` stacked slices ``[K, M]`` instead (one contiguous
   block per kernel offset). Results differ from XLA's convolution only by
   summation order (~1e-7 relative in float32, 1e-12 in float64).
+* **Winograd weight gradient** for 3x3 stride-1 convolutions: XLA's
+  convolution for the values and the input gradient, and the weight
+  gradient as Winograd F(2x2, 3x3) matrix products (:mod:`fundl._winograd`;
+  XLA CPU's own weight gradient was about half of a ResNet-18 train step).
+  Differs from XLA's weight gradient by float rounding (<= 1e-5 relative in
+  float32, tested).
 * **reshape-and-reduce pooling** for windows that do not overlap
   (``stride >= kernel_size``, no dilation): pad (or crop) each spatial dim to
   ``out * stride``, reshape it to ``[out, stride]``, keep the first
@@ -44,9 +50,15 @@ setting                   effect
                           input dilation that are 1x1, or have one input
                           channel, or have >= 8 input channels and at most
                           16 MiB of patches (see :func:`choose_conv`); XLA's
-                          convolution otherwise, and on GPU/TPU (not measured
-                          here).
+                          convolution otherwise, with the Winograd weight
+                          gradient for 3x3 stride-1 float convolutions
+                          (below); XLA's convolution on GPU/TPU (not
+                          measured here).
 ``conv='xla'``            always ``lax.conv_general_dilated``.
+``conv='winograd'``       XLA's convolution, with the weight gradient as
+                          Winograd F(2x2, 3x3) wherever that applies (2-d
+                          3x3, stride 1, no dilation, ungrouped, float32 or
+                          float64; any padding): see :mod:`fundl._winograd`.
 ``conv='im2col'``         always im2col (any stride, padding, dilation,
                           groups; ``conv_transpose`` too, as a convolution of
                           the zero-interleaved input, which multiplies zeros).
@@ -73,12 +85,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import _context
+from . import _context, _winograd
 from ._errors import ConfigError
 
 __all__ = ["Lowering", "get_lowering", "set_lowering", "lowering"]
 
-_CONV_CHOICES = ("auto", "xla", "im2col")
+_CONV_CHOICES = ("auto", "xla", "im2col", "winograd")
 _POOL_CHOICES = ("auto", "reduce_window", "reshape")
 # Beyond this the patch matrix costs more memory traffic than it saves
 # (measured on a 2-core CPU: ResNet-18's 32x32x64 3x3 layers, 75 MB of patches
@@ -168,27 +180,48 @@ def _on_cpu() -> bool:
 
 
 def choose_conv(x_shape, w_shape, strides, padding, lhs_dilation, rhs_dilation, groups,
-                itemsize) -> str:
-    """``'xla'`` or ``'im2col'`` for a convolution, from the setting and backend.
+                dtype) -> str:
+    """``'xla'``, ``'im2col'`` or ``'winograd'`` for a convolution, from the setting and backend.
 
-    ``'auto'`` picks im2col on CPU where it was measured to win (2-core x86,
-    ``benchmarks/``): ungrouped convolutions without input dilation (so not a
-    strided ``conv_transpose``) that are 1x1 (a plain matrix product), or have
-    one input channel or at least 8, with a patch matrix of at most
-    ``_IM2COL_MAX_BYTES`` and at most ``_IM2COL_MAX_TAPS`` kernel positions. Larger patch matrices cost more memory
-    traffic than XLA's own convolution; 2-7 input channels gather rows too
-    short to be efficient.
+    ``'auto'`` on CPU (choices measured on a 2-core x86, ``benchmarks/``):
+
+    * im2col for ungrouped convolutions without input dilation (so not a
+      strided ``conv_transpose``) that are 1x1 (a plain matrix product), or
+      have one input channel or at least 8, with a patch matrix of at most
+      ``_IM2COL_MAX_BYTES`` and at most ``_IM2COL_MAX_TAPS`` kernel positions.
+      Larger patch matrices cost more memory traffic than XLA's own
+      convolution; 2-7 input channels gather rows too short to be efficient.
+    * otherwise XLA's convolution, with the Winograd weight gradient
+      (:mod:`fundl._winograd`) where that applies: 2-d 3x3, stride 1, no
+      dilation, ungrouped, float32/float64.
+
+    ``'winograd'`` forces the latter wherever it applies (XLA elsewhere). Off
+    CPU, ``'auto'`` is XLA's convolution.
     """
     mode = get_lowering().conv
+    wino = _winograd.eligible(x_shape, w_shape, strides, lhs_dilation, rhs_dilation, groups, dtype)
+    if mode == "winograd":
+        return "winograd" if wino else "xla"
     if mode != "auto":
         return mode
-    if not _on_cpu() or groups != 1 or any(ld != 1 for ld in lhs_dilation):
+    if not _on_cpu():
         return "xla"
+    if _im2col_wins(x_shape, w_shape, strides, padding, lhs_dilation, rhs_dilation, groups,
+                    np.dtype(dtype).itemsize):
+        return "im2col"
+    return "winograd" if wino else "xla"
+
+
+def _im2col_wins(x_shape, w_shape, strides, padding, lhs_dilation, rhs_dilation, groups,
+                 itemsize) -> bool:
+    """The CPU im2col rule of :func:`choose_conv`."""
+    if groups != 1 or any(ld != 1 for ld in lhs_dilation):
+        return False
     n = len(strides)
     kernel, c_in = w_shape[:n], w_shape[-2]
     taps = math.prod(kernel)
     if taps == 1:
-        return "im2col"
+        return True
     out = _out_size([L + lo + hi for L, (lo, hi) in zip(x_shape[1:-1], padding)], kernel,
                     strides, rhs_dilation)
     # a symbolic batch (a batch-polymorphic export) decides as the size it stands for
@@ -196,8 +229,8 @@ def choose_conv(x_shape, w_shape, strides, padding, lhs_dilation, rhs_dilation, 
     # Huge kernels (e.g. a dense layer turned into a 28x28 convolution) would gather
     # hundreds of views: slow to compile, and no faster.
     if nbytes > _IM2COL_MAX_BYTES or taps > _IM2COL_MAX_TAPS:
-        return "xla"
-    return "im2col" if c_in == 1 or c_in >= 8 else "xla"
+        return False
+    return c_in == 1 or c_in >= 8
 
 
 def pool_reshape_ok(k, s, d) -> bool:
@@ -242,7 +275,9 @@ def conv_general(x, w, *, strides, padding, lhs_dilation, rhs_dilation, groups, 
     """
     n = w.ndim - 2
     how = choose_conv(x.shape, w.shape, strides, padding, lhs_dilation, rhs_dilation, groups,
-                      np.dtype(x.dtype).itemsize)
+                      x.dtype)
+    if how == "winograd":
+        return _winograd.conv3x3(x, w, padding, precision)
     if how == "xla":
         return lax.conv_general_dilated(
             x, w, window_strides=strides, padding=padding, lhs_dilation=lhs_dilation,

@@ -34,6 +34,11 @@ PRIVATE_ON_PURPOSE = {
     ("test_fast_paths.py", "fundl._lowering"):
         "checks the auto lowering against its policy (pool_reshape_ok) and simulates a GPU by "
         "patching the backend probe _on_cpu",
+    ("test_winograd.py", "fundl._lowering"):
+        "checks the auto policy (choose_conv) on shapes, and simulates a GPU by patching _on_cpu",
+    ("test_winograd.py", "fundl._winograd"):
+        "the Winograd form (winograd_conv) is what reverse mode transposes: its values are "
+        "checked against the convolution directly, negative (cropping) pads included",
     ("test_loop.py", "fundl._loop"):
         "pins that fit and experiment.run share one epoch loop (counts calls to run_epoch) and "
         "tests that loop directly",
