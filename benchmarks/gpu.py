@@ -240,6 +240,15 @@ def _tail(path: pathlib.Path, n: int = 400) -> str:
     return " / ".join(lines[-3:])[-n:]
 
 
+def _kill_group(proc: subprocess.Popen):
+    """SIGKILL the process group ``proc`` leads (it was started in a session of its own)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
+    proc.wait()
+
+
 def run_subprocess(argv: list[str], timeout_s: float, result: pathlib.Path, log: pathlib.Path,
                    env: dict | None = None) -> dict:
     """Run ``argv`` (a contestant that writes its JSON to ``result``) with a deadline.
@@ -257,10 +266,10 @@ def run_subprocess(argv: list[str], timeout_s: float, result: pathlib.Path, log:
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
             return {"status": "timeout", "error": f"no result within {timeout_s:.0f} s",
                     "wall_s": time.perf_counter() - t0}
+        finally:  # its group, which Ctrl-C does not reach (own session): stragglers, or all of it
+            _kill_group(proc)
     wall = time.perf_counter() - t0
     if code == 0 and result.exists():
         try:

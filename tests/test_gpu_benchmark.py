@@ -148,6 +148,24 @@ def test_run_subprocess_timeout_kills_the_process_group(tmp_path):
         pytest.fail(f"the contestant's own child {pid} survived the timeout")
 
 
+def test_run_subprocess_ends_what_a_finished_contestant_left_running(tmp_path):
+    """A contestant that exits but leaves a worker behind (a compile pool): the worker is ended."""
+    pid_file = tmp_path / "worker.pid"
+    code = ("import subprocess, sys\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+            f"open({str(tmp_path / 'r.json')!r}, 'w').write('{{\"status\": \"ok\"}}')\n")
+    argv, result, log = _fake(tmp_path, code)
+    assert gpu.run_subprocess(argv, 30, result, log)["status"] == "ok"
+    pid = int(pid_file.read_text())
+    for _ in range(50):
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the finished contestant's worker {pid} is still running")
+
+
 def _alive(pid):
     """Running (a zombie, dead and waiting to be reaped by whoever inherited it, is not)."""
     try:

@@ -48,7 +48,7 @@ def test_import_fundl_without_optional_packages():
     done = subprocess.run([sys.executable, "-c", SCRIPT, ",".join(BLOCKED), str(ROOT),
                            ",".join(MODULES)], capture_output=True, text=True, timeout=120,
                           env=env, cwd=ROOT)
-    assert done.returncode == 0, f"import fundl failed with {BLOCKED} blocked:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, f"import fundl failed, {BLOCKED} blocked:\n{done.stderr[-3000:]}"
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert pathlib.Path(report["fundl"]).resolve().parent == ROOT / "fundl"
     assert report["loaded"] == [], f"imported at `import fundl` time: {report['loaded']}"
