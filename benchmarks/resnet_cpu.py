@@ -23,6 +23,7 @@ Prints one table per model and ``ratio <model> fundl/torch=X.XX fundl/flax=Y.YY`
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import sys
 
@@ -33,6 +34,7 @@ import _harness  # noqa: E402
 
 LR, MOMENTUM = 0.1, 0.9
 SPECS = {  # name: (block kind, blocks per stage, stem, image size, classes)
+    "resnet10": ("basic", (1, 1, 1, 1), "cifar", 32, 10),  # a smoke test's (benchmarks/gpu.py)
     "resnet18": ("basic", (2, 2, 2, 2), "cifar", 32, 10),
     "resnet50": ("bottleneck", (3, 4, 6, 3), "imagenet", 224, 1000),
     "resnet101": ("bottleneck", (3, 4, 23, 3), "imagenet", 224, 1000),
@@ -42,18 +44,22 @@ SPECS = {  # name: (block kind, blocks per stage, stem, image size, classes)
 
 # -- fundl ---------------------------------------------------------------------------
 
-def fundl_step(name, x, y, scan=False):
+def fundl_step(name, x, y, scan=False, precision=None):
     """A zero-argument callable running one fundl train step (``make_train_step``);
-    ``scan`` compiles each stage's repeated blocks once (``resnet(..., scan=True)``)."""
+    ``scan`` compiles each stage's repeated blocks once (``resnet(..., scan=True)``);
+    ``precision`` is ``make_train_step``'s (``'bfloat16'``: float32 params, bf16 compute)."""
     import jax
     import optax
 
     from fundl import models, train
-    _, _, stem, _, classes = SPECS[name]
-    model = getattr(models, name)(classes, stem=stem, scan=scan)
+    kind, layers, stem, _, classes = SPECS[name]
+    if hasattr(models, name):
+        model = getattr(models, name)(classes, stem=stem, scan=scan)
+    else:
+        model = models.resnet(kind, layers, classes, stem=stem, scan=scan, name=name)
     _, params, state = model.init(jax.random.key(0), x.shape)
     opt = optax.sgd(LR, MOMENTUM)
-    step = train.make_train_step(model, opt)
+    step = train.make_train_step(model, opt, precision=precision)
     carry = [params, state, opt.init(params)]
 
     def run():
@@ -64,8 +70,13 @@ def fundl_step(name, x, y, scan=False):
 
 # -- flax linen ----------------------------------------------------------------------
 
-def flax_model(name):
-    """torchvision's ResNet in flax linen (NHWC), BatchNorm momentum 0.9 = torch's 0.1."""
+def flax_model(name, dtype=None):
+    """torchvision's ResNet in flax linen (NHWC), BatchNorm momentum 0.9 = torch's 0.1.
+
+    ``dtype``: the computation dtype of every layer (``jnp.bfloat16`` for mixed
+    precision; parameters stay float32, batch statistics are reduced in float32);
+    ``None``: inferred from the inputs and parameters (float32).
+    """
     import flax.linen as nn
     import jax.numpy as jnp
 
@@ -78,9 +89,9 @@ def flax_model(name):
         @nn.compact
         def __call__(self, x, train):
             norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9,  # noqa: E731
-                                        epsilon=1e-5)
+                                        epsilon=1e-5, dtype=dtype)
             conv = lambda c, k, s: nn.Conv(c, (k, k), (s, s), padding=k // 2,  # noqa: E731
-                                           use_bias=False)
+                                           use_bias=False, dtype=dtype)
             if kind == "basic":
                 out = self.width
                 h = nn.relu(norm()(conv(out, 3, self.stride)(x)))
@@ -98,34 +109,38 @@ def flax_model(name):
         @nn.compact
         def __call__(self, x, train=True):
             if stem == "cifar":
-                x = nn.Conv(64, (3, 3), padding=1, use_bias=False)(x)
+                x = nn.Conv(64, (3, 3), padding=1, use_bias=False, dtype=dtype)(x)
             else:
-                x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False)(x)
+                x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, dtype=dtype)(x)
             x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                     epsilon=1e-5)(x))
+                                     epsilon=1e-5, dtype=dtype)(x))
             if stem != "cifar":
                 x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
             for i, n in enumerate(layers):
                 for j in range(n):
                     x = Block(64 * 2 ** i, 2 if (i > 0 and j == 0) else 1)(x, train)
-            return nn.Dense(classes)(jnp.mean(x, axis=(1, 2)))
+            return nn.Dense(classes, dtype=dtype)(jnp.mean(x, axis=(1, 2)))
 
     return ResNet()
 
 
-def flax_step(name, x, y):
-    """A zero-argument callable running one flax linen train step."""
+def flax_step(name, x, y, dtype=None):
+    """A zero-argument callable running one flax linen train step (``dtype``: see
+    :func:`flax_model`; the logits are cast to float32 before the loss)."""
     import jax
+    import jax.numpy as jnp
     import optax
 
-    net = flax_model(name)
-    variables = net.init(jax.random.key(0), x, train=False)
+    net = flax_model(name, dtype)
+    # one compiled init (op by op, every operation compiles on its own); shapes from one row
+    variables = jax.jit(functools.partial(net.init, train=False))(jax.random.key(0), x[:1])
     opt = optax.sgd(LR, MOMENTUM)
 
     def step(params, stats, opt_state, x, y):
         def loss_fn(p):
             logits, upd = net.apply({"params": p, "batch_stats": stats}, x, train=True,
                                     mutable=["batch_stats"])
+            logits = logits.astype(jnp.float32)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd
         (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
         u, opt_state = opt.update(g, opt_state, params)

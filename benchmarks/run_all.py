@@ -8,7 +8,8 @@ Each benchmark is also a script of its own (see its docstring):
 ``resnet_cpu.py`` (ResNet-18 CIFAR train step), ``compile_time.py``
 (ResNet-50 jit compile time vs flax; ResNet-152 with and without ``scan``),
 ``batched_vs_loop.py`` (batching speed-up). ``lenet_breakdown.py`` (where the
-convnet step's time goes) is a diagnostic, not part of the suite.
+convnet step's time goes) is a diagnostic, not part of the suite; nor is ``gpu.py``
+(ResNet-50 throughput and MFU on one GPU, see its docstring).
 No timing is asserted anywhere; the machine may be shared, so read ratios of
 interleaved rounds rather than absolute times.
 """
