@@ -178,7 +178,7 @@ def _contestants(args, model_name):
     if args.scan and model_name.startswith("resnet"):
         out.append((f"fundl scan={args.scan}", "fundl", args.scan, repos[-1]))
     if not args.no_flax and not args.repos and model_name != "convnet_mnist":
-        out.append(("flax linen", "flax", False, str(REPO)))
+        out.append(("flax linen", "flax", 0, str(REPO)))
     return out
 
 
