@@ -201,13 +201,16 @@ def compare_steps(args):
             med[label] = {s: statistics.median(r[s] for r in runs) for s in STAGES}
             total = statistics.median(r["trace"] + r["lower"] + r["compile"] for r in runs)
             med[label]["total"] = total
+            med[label]["trace+lower"] = statistics.median(r["trace"] + r["lower"] for r in runs)
             print(f"| {label} | " + " | ".join(f"{med[label][s]:.2f}" for s in STAGES) + f" | {total:.2f} |")
         base = "flax linen" if "flax linen" in med else (list(med)[0] if args.repos else None)
         for label in med:
             if base and label != base:
-                r = {k: med[label][k] / med[base][k] for k in ("trace", "compile", "total")}
+                r = {k: med[label][k] / med[base][k] if med[base][k] else float("nan")
+                     for k in ("trace", "trace+lower", "compile", "total")}
                 print(f"\nratio {model_name} {label}/{base}: trace={r['trace']:.2f} "
-                      f"compile={r['compile']:.2f} trace+lower+compile={r['total']:.2f}")
+                      f"trace+lower={r['trace+lower']:.2f} compile={r['compile']:.2f} "
+                      f"trace+lower+compile={r['total']:.2f}")
 
 
 def compare_cache_runs(args):
