@@ -21,6 +21,13 @@ if os.environ.get("FUNDL_TEST_JAX_CACHE", "1") != "0":
                           / os.environ.get("PYTEST_XDIST_WORKER", "main")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+else:  # off, also for the runners called in process (fundl.experiment.setup_compile_cache
+    # keeps a cache JAX was given, or its absence, rather than open ~/.cache/fundl/jax)
+    jax.config.update("jax_enable_compilation_cache", False)
+# The runners the tests start as subprocesses compile afresh and write no cache (their default
+# is ~/.cache/fundl/jax, shared and unlocked): tests/test_compile_cache.py turns it on itself.
+os.environ.pop("FUNDL_COMPILE_CACHE", None)
+os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 
 
 # Doctests that compile a whole model: the slow tier (they run in the full suite).

@@ -5,8 +5,10 @@
 
 Each benchmark is also a script of its own (see its docstring):
 ``lenet_cpu.py`` (course convnet train step vs PyTorch / flax / stax),
-``resnet_cpu.py`` (ResNet-18 CIFAR train step), ``compile_time.py``
-(ResNet-50 jit compile time vs flax; ResNet-152 with and without ``scan``),
+``resnet_cpu.py`` (ResNet-18 CIFAR train step), ``first_step.py``
+(time to first step: tracing, lowering and compilation of ResNet-50 and the quickstart
+convnet vs flax; ResNet-152 with and without ``scan``; a runner's second run with the
+compilation cache),
 ``batched_vs_loop.py`` (batching speed-up). ``lenet_breakdown.py`` (where the
 convnet step's time goes) is a diagnostic, not part of the suite; nor is ``gpu.py``
 (ResNet-50 throughput and MFU on one GPU, see its docstring).
@@ -33,7 +35,9 @@ def main(argv=None):
         ["resnet_cpu.py"] + (["--rounds", "3"] if args.quick else []),
     ]
     if not args.quick:
-        plan += [["compile_time.py"], ["compile_time.py", "--model", "resnet152", "--no-flax"]]
+        plan += [["first_step.py", "--rounds", "1"],
+                 ["first_step.py", "--models", "resnet152", "--scan", "8", "--no-flax", "--rounds", "1"],
+                 ["first_step.py", "--cache", "--rounds", "1"]]
     failed = []
     for cmd in plan:
         print(f"\n===== {' '.join(cmd)}", flush=True)

@@ -63,6 +63,9 @@ def load_data(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    from fundl.experiment import setup_compile_cache
+
+    setup_compile_cache(args)  # before anything compiles
     import fundl.distributed
     if fundl.distributed.requested():  # one of several processes (FUNDL_*, srun, Indexed Job)
         fundl.distributed.initialize()
@@ -85,7 +88,7 @@ def main(argv=None):
           f"{args.model}, {args.optimizer} lr {args.lr} ({args.schedule}), wd {args.weight_decay}, "
           f"batch {args.batch_size}, {args.epochs} epochs, "
           f"{'no augmentation' if args.no_augment else 'crop + flip'} -> {args.out}", flush=True)
-    config = {k: v for k, v in vars(args).items() if k != "no_progress"}
+    config = {k: v for k, v in vars(args).items() if k not in ("no_progress", "compile_cache")}
     for flag in ("data_parallel", "fsdp"):  # only when set: keeps earlier config.json resumable
         if not config[flag]:
             del config[flag]

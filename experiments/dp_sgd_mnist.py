@@ -39,7 +39,7 @@ from _demo_data import DEFAULT_MNIST, load_subset  # noqa: E402
 
 
 def parse_args(argv=None):
-    from fundl.experiment import (non_negative_float, non_negative_int, open_unit_float,
+    from fundl.experiment import (add_compile_cache_flags, non_negative_float, non_negative_int, open_unit_float,
                                   positive_float, positive_int)
 
     p = argparse.ArgumentParser(description="DP-SGD with per-example clipping on MNIST.")
@@ -55,6 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--delta", type=open_unit_float, default=1e-5, help="delta of the (epsilon, delta) report (default 1e-5)")
     p.add_argument("--hidden", type=positive_int, default=64, help="hidden units (default 64)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed (default 0)")
+    add_compile_cache_flags(p)
     args = p.parse_args(argv)
     if args.batch_size > args.train_size:
         p.error(f"argument --batch-size: {args.batch_size} exceeds --train-size "
@@ -170,6 +171,9 @@ def make_accuracy(model):
 
 def main(argv=None):
     args = parse_args(argv)
+    from fundl.experiment import setup_compile_cache
+
+    setup_compile_cache(args)  # before anything compiles
     t0 = time.perf_counter()
     import jax
 

@@ -31,7 +31,8 @@ INPUT = (1, 28, 28, 1)
 
 
 def parse_args(argv=None):
-    from fundl.experiment import check_paths, class_spec, non_negative_int, positive_float, positive_int
+    from fundl.experiment import (add_compile_cache_flags,
+                                  check_paths, class_spec, non_negative_int, positive_float, positive_int)
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -60,6 +61,7 @@ def parse_args(argv=None):
     a("--out", type=pathlib.Path, default=pathlib.Path("runs/finetune"),
       help="demo: where the pretraining run and its weights go")
     a("--no-progress", action="store_true")
+    add_compile_cache_flags(p)
     args = p.parse_args(argv)
     check_paths(p, args, out=("out",), inputs=("init_from",))
     return args
@@ -204,6 +206,9 @@ def train(model, params, state, train_data, test_data, args, frozen, label):
 
 def main(argv=None):
     args = parse_args(argv)
+    from fundl.experiment import setup_compile_cache
+
+    setup_compile_cache(args)  # before anything compiles
     import jax
     import numpy as np
 

@@ -36,7 +36,8 @@ from _demo_data import DEFAULT_MNIST, load_subset  # noqa: E402
 
 
 def parse_args(argv=None):
-    from fundl.experiment import non_negative_float, non_negative_int, positive_float, positive_int
+    from fundl.experiment import (add_compile_cache_flags,
+                                  non_negative_float, non_negative_int, positive_float, positive_int)
 
     p = argparse.ArgumentParser(description="Input-gradient regularisation (double backprop) on MNIST.")
     p.add_argument("--data-dir", default=str(DEFAULT_MNIST),
@@ -50,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=positive_int, default=256, help="hidden units of the MLP (default 256)")
     p.add_argument("--fgsm-eps", type=non_negative_float, default=0.1, help="FGSM step in pixel units, [0, 1] scale (default 0.1)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed (default 0)")
+    add_compile_cache_flags(p)
     args = p.parse_args(argv)
     if args.batch_size > args.train_size:
         p.error(f"argument --batch-size: {args.batch_size} exceeds --train-size "
@@ -136,6 +138,9 @@ def make_assess(model, eps: float):
 
 def main(argv=None):
     args = parse_args(argv)
+    from fundl.experiment import setup_compile_cache
+
+    setup_compile_cache(args)  # before anything compiles
     t0 = time.perf_counter()
     import jax
 

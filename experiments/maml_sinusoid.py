@@ -33,7 +33,8 @@ import time
 
 
 def parse_args(argv=None):
-    from fundl.experiment import non_negative_float, non_negative_int, positive_float, positive_int
+    from fundl.experiment import (add_compile_cache_flags,
+                                  non_negative_float, non_negative_int, positive_float, positive_int)
 
     p = argparse.ArgumentParser(description="MAML on few-shot sinusoid regression with fundl.")
     p.add_argument("--iterations", type=positive_int, default=5000, help="meta-training steps (default 5000)")
@@ -50,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--test-query", type=positive_int, default=100, help="query points per test task (default 100)")
     p.add_argument("--log-every", type=positive_int, default=1000, help="meta-steps between progress lines (default 1000)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed (default 0)")
+    add_compile_cache_flags(p)
     return p.parse_args(argv)
 
 
@@ -111,6 +113,9 @@ def evaluate(meta_loss, params, tasks, steps: int):
 
 def main(argv=None):
     args = parse_args(argv)
+    from fundl.experiment import setup_compile_cache
+
+    setup_compile_cache(args)  # before anything compiles
     t0 = time.perf_counter()
 
     import jax

@@ -80,6 +80,9 @@ def build_model(name: str, num_classes: int = 10):
 
 def main(argv=None):
     args = parse_args(argv)
+    from fundl.experiment import setup_compile_cache
+
+    setup_compile_cache(args)  # before anything compiles
     import fundl.distributed
     if fundl.distributed.requested():  # one of several processes (FUNDL_*, srun, Indexed Job)
         fundl.distributed.initialize()
@@ -101,7 +104,7 @@ def main(argv=None):
           f"({jax.device_count()} device(s)); {source}: {len(train[0])} train / {len(test[0])} test; "
           f"{args.model}, {args.optimizer} lr {args.lr} ({args.schedule}), batch {args.batch_size}, "
           f"{args.epochs} epochs -> {args.out}", flush=True)
-    config = {k: v for k, v in vars(args).items() if k != "no_progress"}
+    config = {k: v for k, v in vars(args).items() if k not in ("no_progress", "compile_cache")}
     for flag in ("data_parallel", "fsdp"):  # only when set: keeps earlier config.json resumable
         if not config[flag]:
             del config[flag]

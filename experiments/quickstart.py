@@ -16,7 +16,7 @@ import time
 
 
 def parse_args(argv=None):
-    from fundl.experiment import non_negative_int, positive_float, positive_int
+    from fundl.experiment import add_compile_cache_flags, non_negative_int, positive_float, positive_int
 
     p = argparse.ArgumentParser(description="Train a small convnet on sklearn's 8x8 digits with fundl.")
     p.add_argument("--epochs", type=positive_int, default=20, help="passes over the 1,437 training images (default 20)")
@@ -24,6 +24,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate (default 2e-3)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed for initialisation and shuffling (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
+    add_compile_cache_flags(p)
     return p.parse_args(argv)
 
 
@@ -55,6 +56,9 @@ def convnet():
 
 def main(argv=None):
     args = parse_args(argv)
+    from fundl.experiment import setup_compile_cache
+
+    setup_compile_cache(args)  # before anything compiles
     t0 = time.perf_counter()
     import jax
     import optax

@@ -54,7 +54,7 @@ HANDSET = {
 
 
 def parse_args(argv=None):
-    from fundl.experiment import check_paths, non_negative_int, positive_int
+    from fundl.experiment import add_compile_cache_flags, check_paths, non_negative_int, positive_int
 
     p = argparse.ArgumentParser(description="Hand-set and learned convolution filters, as PNGs.")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/filters"),
@@ -71,6 +71,7 @@ def parse_args(argv=None):
                         "checkpoint and normalisation) instead of training one here")
     p.add_argument("--index", type=non_negative_int, default=0, help="which test digit to show (default 0)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed for initialisation and shuffling (default 0)")
+    add_compile_cache_flags(p)
     args = p.parse_args(argv)
     check_paths(p, args, out=("out",), dirs=("from_run",))
     return args
@@ -260,6 +261,9 @@ def load_run(run_dir: pathlib.Path):
 
 def main(argv=None):
     args = parse_args(argv)
+    from fundl.experiment import setup_compile_cache
+
+    setup_compile_cache(args)  # before anything compiles
     import matplotlib
 
     matplotlib.use("Agg")

@@ -12,6 +12,7 @@ import pathlib
 
 import optax
 
+from ._compile_cache import add_compile_cache_flags
 from ._errors import ConfigError
 from .train import param_labels
 
@@ -287,7 +288,8 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
     Flags: ``--epochs --batch-size --optimizer --lr --momentum --weight-decay
     --schedule --seed --out --resume --stop-after --no-progress --limit-train
     --limit-test --eval-batch-size --data-parallel --fsdp --init-from --export-params
-    --export-model --on-nonfinite --force`` (``--data-parallel`` and ``--fsdp``, exclusive:
+    --export-model --on-nonfinite --force --compile-cache --no-compile-cache`` (the last two:
+    :func:`add_compile_cache_flags`; ``--data-parallel`` and ``--fsdp``, exclusive:
     :func:`run`'s ``parallel='sharded'`` and ``'fsdp'``; the last five: ``init_from``,
     ``export_params``, ``export_model``, ``on_nonfinite``, ``force``). Each value is checked as it is parsed
     (:func:`positive_int`, :func:`positive_float`, :func:`momentum_float`, ...: an argparse
@@ -349,5 +351,6 @@ def add_training_flags(parser: argparse.ArgumentParser, *, epochs: int, batch_si
     a("--force", action="store_true",
       help="with --resume: continue although --out's config.json is missing or unreadable "
            "(its settings cannot be checked; it is rewritten with this invocation's)")
+    add_compile_cache_flags(parser)
 
 

@@ -107,6 +107,11 @@ def winograd_conv(x, w, padding, precision=None):
     return y.reshape(n, 2 * th, 2 * tw, -1)[:, :out[0], :out[1]]
 
 
+# Traced once per (shapes, padding, precision) and reused: a ResNet's stages repeat the
+# same 3x3 layer, and the Winograd form is ~200 operations to trace (and transpose) each time.
+_winograd_jit = jax.jit(winograd_conv, static_argnums=(2, 3))
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _conv3x3(x, w, padding, precision):
     return _xla(x, w, padding, precision)
@@ -121,7 +126,7 @@ def _conv3x3_jvp(padding, precision, primals, tangents):
     if not isinstance(tx, SymbolicZero):
         parts.append(_xla(tx, w, padding, precision))
     if not isinstance(tw, SymbolicZero):
-        parts.append(winograd_conv(x, tw, padding, precision))
+        parts.append(_winograd_jit(x, tw, padding, precision))
     if not parts:
         return y, SymbolicZero(jax.typeof(y).to_tangent_aval())
     return y, parts[0] if len(parts) == 1 else parts[0] + parts[1]

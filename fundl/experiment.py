@@ -43,7 +43,9 @@ warning.
 
 Helpers shared by the runners: :func:`make_schedule`, :func:`make_optimizer`,
 :func:`add_training_flags`, :func:`read_metrics`, :func:`plot_curves`,
-:func:`load_checkpoint`, :func:`export_checkpoint`.
+:func:`load_checkpoint`, :func:`export_checkpoint`; the persistent compilation cache
+(:func:`add_compile_cache_flags`, :func:`setup_compile_cache`: ``--compile-cache DIR``,
+``--no-compile-cache``, by default ``$FUNDL_COMPILE_CACHE`` or ``~/.cache/fundl/jax``).
 """
 from __future__ import annotations
 
@@ -72,6 +74,8 @@ from .train import make_train_step
 from . import _lock
 from ._checkpoints import (_checkpoint_manager, _restore, _rotate, _save, _set_aside, _steps,
                            export_checkpoint, load_checkpoint)
+from ._compile_cache import (add_compile_cache_flags, default_compile_cache_dir, setup_compile_cache,
+                             use_compile_cache)
 from ._flags import OPTIMIZERS, SCHEDULES, add_training_flags, make_optimizer, make_schedule
 from ._flags import (check_paths, check_training_flags, class_spec, momentum_float, non_negative_float,
                      non_negative_int, open_unit_float, positive_float, positive_int)
@@ -81,7 +85,8 @@ __all__ = ["run", "load_checkpoint", "export_checkpoint", "load_splits", "steps_
            "make_schedule", "make_optimizer", "add_training_flags", "read_metrics",
            "plot_curves", "SCHEDULES", "OPTIMIZERS", "check_training_flags", "check_paths",
            "positive_int", "non_negative_int", "positive_float", "non_negative_float",
-           "momentum_float", "open_unit_float", "class_spec"]
+           "momentum_float", "open_unit_float", "class_spec", "add_compile_cache_flags",
+           "setup_compile_cache", "use_compile_cache", "default_compile_cache_dir"]
 
 
 def load_splits(name: str, *, image_shape: tuple[int, int, int], data_dir=None, source: str = "auto",

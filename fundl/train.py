@@ -342,6 +342,7 @@ def _one_device_step(body, accumulate, donate, where, checks=False):
             return jitted(params, state, opt_state, batch, _keys.as_optional_key(key, "train step"))
 
         keyed_step.lower = jitted.lower  # still inspectable as a jax.jit function
+        keyed_step.trace = jitted.trace  # (jit's stages: trace -> lower -> compile)
         return keyed_step
     from jax.experimental import checkify
 

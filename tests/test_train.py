@@ -76,6 +76,20 @@ def test_step_is_pure_jitted_and_learns():
     assert 0.0 <= float(m["accuracy"]) <= 1.0
 
 
+def test_step_exposes_jit_stages_on_abstract_arguments():
+    """``step.trace(...).lower().compile()`` on ShapeDtypeStructs (benchmarks/first_step.py)."""
+    model = _mlp()
+    params, state = _init(model)
+    x, y = _data(8)
+    opt = optax.sgd(0.3)
+    step = T.make_train_step(model, opt)
+    args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
+                        (params, state, opt.init(params), (x, y)))
+    compiled = step.trace(*args, None).lower().compile()
+    p, _, _, m = compiled(params, state, opt.init(params), (x, y), None)
+    assert m["loss"].shape == () and jax.tree.structure(p) == jax.tree.structure(params)
+
+
 def test_step_loss_and_accuracy_match_a_direct_computation():
     model = _mlp()
     params, state = _init(model)
