@@ -53,6 +53,8 @@ PRIVATE_ON_PURPOSE = {
     ("test_checkpoint_faults.py", "fundl._checkpoints"):
         "the finite flag of a checkpoint's record (_checksums) on NaN/Inf params, which a run "
         "stops before saving",
+    ("test_loop.py", "fundl.train._cached_fit_step"):
+        "fit's cache of compiled steps: a second fit with the same model and optimizer hits it",
     ("test_train.py", "fundl.train._as_key"):
         "the key normaliser behind fit(key=...): int seeds, legacy and typed keys agree",
 }
