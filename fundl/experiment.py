@@ -316,8 +316,9 @@ def _run_locked(model, optimizer, x_train, y_train, test, steps, *, out, records
                               skip_nonfinite=on_nonfinite == "skip")
     step = _train_step_with_augment(step_fn, augment, data_parallel)
     compiling = _compile_in_background(
-        step, model, optimizer, root, (transform(x_train[:batch_size]), y_train[:batch_size]),
-        (transform(test[0][:eval_batch_size]), test[1][:eval_batch_size]))
+        step, model, optimizer, root,
+        lambda: (transform(x_train[:batch_size]), y_train[:batch_size]),
+        lambda: (transform(test[0][:eval_batch_size]), test[1][:eval_batch_size]))
     trees, manager, start, records = _init_or_restore(
         model, optimizer, root, (batch_size, *x_train.shape[1:]), out, resume=resume,
         primary=primary, init_from=init_from, records=records)
@@ -470,11 +471,12 @@ def _compile_fast(fn, *args):
 
 def _compile_in_background(step, model, optimizer, root, batch, eval_batch):
     """Start compiling, in a thread, what the first epoch runs for the trees a fresh init
-    gives: ``step.fold_in_step`` (see :func:`_train_step_with_augment`) for ``batch``'s
-    shapes, the epoch loop's finiteness check of the params and the evaluation step for
-    ``eval_batch``'s shapes. XLA's compiler releases the GIL, so on 2+ cores this overlaps
-    the initialisation's compilation, and each first call finds its executable in JAX's
-    cache. Returns the thread (join it before training), or ``None`` (no such step, or
+    gives: ``step.fold_in_step`` (see :func:`_train_step_with_augment`) for the shapes of
+    ``batch()`` (a first training batch ``(x, y)`` as the step gets it), the epoch loop's
+    finiteness check of the params and the evaluation step for ``eval_batch()``'s shapes
+    (both called in the thread: a failing ``transform`` fails later, where it did). XLA's
+    compiler releases the GIL, so on 2+ cores this overlaps the initialisation's
+    compilation, and each first call finds its executable in JAX's cache. Returns the thread (join it before training), or ``None`` (no such step, or
     several processes). A failure here is ignored: the first call compiles again and
     raises it."""
     fast = getattr(step, "fold_in_step", None)
@@ -487,14 +489,15 @@ def _compile_in_background(step, model, optimizer, root, batch, eval_batch):
 
     def compile_all():
         try:
+            train_batch = batch()
             _, params, state = jax.eval_shape(
-                lambda key: model.init_with_state(key, batch[0].shape), root)
+                lambda key: model.init_with_state(key, train_batch[0].shape), root)
             trees = (params, state, jax.eval_shape(optimizer.init, params))
-            fast.lower(*trees, spec(batch), root, np.uint32(0)).compile()
+            fast.lower(*trees, spec(train_batch), root, np.uint32(0)).compile()
             _loop._params_finite.lower(params).compile()
             # positional, as evaluate() calls it: the same lru_cache entry
             evaluator = _train._cached_eval_step(model, _cross_entropy, None, None)
-            evaluator.lower(params, state, spec(eval_batch)).compile()
+            evaluator.lower(params, state, spec(eval_batch())).compile()
         except Exception:  # noqa: BLE001 -- the first call compiles again and reports it
             pass
 

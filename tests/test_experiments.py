@@ -306,7 +306,8 @@ def test_background_compile_is_reused(tmp_path):
     x = x.astype(np.float32)
     model, opt = _small_model(), optax.sgd(0.1)
     step = E._train_step_with_augment(fundl.train.make_train_step(model, opt), None, False)
-    E._compile_in_background(step, model, opt, jax.random.key(0), (x, y), (x[:5], y[:5])).join()
+    E._compile_in_background(step, model, opt, jax.random.key(0), lambda: (x, y),
+                             lambda: (x[:5], y[:5])).join()
     _, params, state = model.init_with_state(jax.random.key(0), x.shape)
     trees = (params, state, opt.init(params))
     compiles = []
