@@ -13,6 +13,12 @@ from ._errors import ConfigError
 KEY_FORMS = "a jax.random.key(seed), a legacy jax.random.PRNGKey(seed) (uint32[2]) or an int seed"
 
 
+# Concrete (non-tracer) array classes seen holding typed keys (jax's PRNGKeyArray): every
+# instance is a key array, so one of shape () is accepted at once (a train step checks its key
+# on every call: ~0.5 us instead of ~4 us).
+_KEY_ARRAY_TYPES: set = set()
+
+
 def as_key(key, where: str, arg: str = "key"):
     """A typed scalar ``jax.random`` key from any accepted form.
 
@@ -29,11 +35,15 @@ def as_key(key, where: str, arg: str = "key"):
       ConfigError: for anything else (a string, a float, a bool, a key array of
         shape ``(3,)``, a ``uint32`` array not of shape ``(2,)``), with :data:`KEY_FORMS`.
     """
+    if type(key) in _KEY_ARRAY_TYPES and key.shape == ():
+        return key
     if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
         return jax.random.key(int(key))
     if isinstance(key, (jax.Array, np.ndarray)):
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             if key.shape == ():
+                if not isinstance(key, jax.core.Tracer):
+                    _KEY_ARRAY_TYPES.add(type(key))
                 return key
             problem = f"a key array of shape {tuple(key.shape)} (one key is needed: index or split it)"
         elif key.dtype == np.uint32 and key.shape == (2,):

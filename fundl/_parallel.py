@@ -466,6 +466,8 @@ def check_eval_parallel(parallel, devices, where):
 def first_copy(tree):
     """This process's first copy of every array replicated over several devices (no copy, no
     sync); other leaves (one-device, sharded, host) as they are."""
+    if jax.device_count() == 1:
+        return tree  # nothing can be replicated: skip the per-leaf walk (once per train step)
     return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array)
                         and len(a.sharding.device_set) > 1 and a.sharding.is_fully_replicated
                         else a, tree)

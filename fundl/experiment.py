@@ -317,12 +317,18 @@ def _run_locked(model, optimizer, x_train, y_train, test, steps, *, out, records
               f"per device; parallel={parallel!r}, training and evaluation", flush=True)
     t_run = time.perf_counter()
     root = jax.random.key(seed)
-    trees, manager, start, records = _init_or_restore(
-        model, optimizer, root, (batch_size, *x_train.shape[1:]), out, resume=resume,
-        primary=primary, init_from=init_from, records=records)
     step_fn = make_train_step(model, optimizer, parallel=parallel,
                               skip_nonfinite=on_nonfinite == "skip")
     step = _train_step_with_augment(step_fn, augment, data_parallel)
+    compiling = _compile_in_background(
+        step, model, optimizer, root,
+        lambda: (transform(x_train[:batch_size]), y_train[:batch_size]),
+        lambda: (transform(test[0][:eval_batch_size]), test[1][:eval_batch_size]))
+    trees, manager, start, records = _init_or_restore(
+        model, optimizer, root, (batch_size, *x_train.shape[1:]), out, resume=resume,
+        primary=primary, init_from=init_from, records=records)
+    if compiling is not None:
+        compiling.join()
     epoch_batches = _data_pipeline(step_fn, x_train, y_train, batch_size=batch_size, seed=seed,
                                    transform=transform, data_parallel=data_parallel)
 
@@ -435,11 +441,11 @@ def _init_or_restore(model, optimizer, root, input_shape, out: pathlib.Path, *, 
       the number of epochs already done and their ``metrics.jsonl`` records.
     """
     # One compiled init instead of one small compilation per layer.
-    _, params, state = jax.jit(model.init_with_state, static_argnums=1)(root, input_shape)
+    _, params, state = _compile_fast(lambda key: model.init_with_state(key, input_shape), root)
     directory = out / "checkpoints"
     if init_from is not None:  # (path, (params, state)) read by run() before writing anything
         params, state = _init_from(*init_from, params, state)
-    opt_state = jax.jit(optimizer.init)(params)
+    opt_state = _compile_fast(optimizer.init, params)
     start, kept = 0, []
     if resume:
         start, tree, faults = _restore(directory, {"params": params, "state": state,
@@ -458,6 +464,51 @@ def _init_or_restore(model, optimizer, root, input_shape, out: pathlib.Path, *, 
     if primary:
         _write_metrics(out / "metrics.jsonl", kept)
     return (params, state, opt_state), _checkpoint_manager(directory), start, kept
+
+
+def _compile_fast(fn, *args):
+    """``jax.jit(fn)(*args)``, compiled on CPU at XLA's backend optimisation level 1: for the
+    one-off initialisation (its random bits) about 3x less compilation time than the default
+    level, with bit-identical values (checked in tests/test_experiments.py)."""
+    options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else {}
+    return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
+
+
+def _compile_in_background(step, model, optimizer, root, batch, eval_batch):
+    """Start compiling, in a thread, what the first epoch runs for the trees a fresh init
+    gives: ``step.fold_in_step`` (see :func:`_train_step_with_augment`) for the shapes of
+    ``batch()`` (a first training batch ``(x, y)`` as the step gets it), the epoch loop's
+    finiteness check of the params and the evaluation step for ``eval_batch()``'s shapes
+    (both called in the thread: a failing ``transform`` fails later, where it did). XLA's
+    compiler releases the GIL, so on 2+ cores this overlaps the initialisation's
+    compilation, and each first call finds its executable in JAX's cache. Returns the thread (join it before training), or ``None`` (no such step, or
+    several processes). A failure here is ignored: the first call compiles again and
+    raises it."""
+    fast = getattr(step, "fold_in_step", None)
+    if fast is None or jax.process_count() > 1:
+        return None
+    import threading
+
+    def spec(arrays):
+        return tuple(jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) for a in arrays)
+
+    def compile_all():
+        try:
+            train_batch = batch()
+            _, params, state = jax.eval_shape(
+                lambda key: model.init_with_state(key, train_batch[0].shape), root)
+            trees = (params, state, jax.eval_shape(optimizer.init, params))
+            fast.lower(*trees, spec(train_batch), root, np.uint32(0)).compile()
+            _loop._params_finite.lower(params).compile()
+            # positional, as evaluate() calls it: the same lru_cache entry
+            evaluator = _train._cached_eval_step(model, _cross_entropy, None, None)
+            evaluator.lower(params, state, spec(eval_batch())).compile()
+        except Exception:  # noqa: BLE001 -- the first call compiles again and reports it
+            pass
+
+    thread = threading.Thread(target=compile_all, name="fundl-compile", daemon=True)
+    thread.start()
+    return thread
 
 
 def _read_init(path, model, input_shape):
@@ -521,6 +572,10 @@ def _train_step_with_augment(step_fn, augment, data_parallel):
         params, state, opt_state, metrics = step_fn(params, state, opt_state, (x, y), key)
         return params, state, opt_state, _parallel.first_copy(metrics)  # replicated global
 
+    if augment_fn is None and hasattr(step_fn, "fold_in_step"):
+        # One device, no augmentation: the epoch loop's StepKeys are folded inside the compiled
+        # step (its metrics live on one device: nothing to take a first copy of).
+        step.fold_in_step = step_fn.fold_in_step
     return step
 
 
@@ -584,7 +639,7 @@ def _train_epoch(step, trees, epoch_batches, epoch, *, root, steps, epochs, prog
     epoch_key = jax.random.fold_in(root, epoch)
     try:
         result = _loop.run_epoch(step, trees, epoch_batches(epoch),
-                                 key_for_step=lambda i: jax.random.fold_in(epoch_key, i),
+                                 key_for_step=_loop.StepKeys(epoch_key, 0),
                                  steps=steps, progress=progress, desc=f"epoch {epoch + 1}/{epochs}",
                                  log_every=log_every, on_nonfinite=on_nonfinite, where="run")
     except NonFiniteError as e:  # 'raise': run() raises it after closing the checkpoints

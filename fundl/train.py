@@ -343,6 +343,12 @@ def _one_device_step(body, accumulate, donate, where, checks=False):
 
         keyed_step.lower = jitted.lower  # still inspectable as a jax.jit function
         keyed_step.trace = jitted.trace  # (jit's stages: trace -> lower -> compile)
+        # The epoch loop's fast path (fundl._loop.StepKeys): the key fold_in(key, i) derived
+        # inside the compiled step, not by one more dispatch per step on the host.
+        keyed_step.fold_in_step = jax.jit(
+            lambda params, state, opt_state, batch, key, i: step(
+                params, state, opt_state, batch, jax.random.fold_in(key, i)),
+            donate_argnums=donate_argnums)
         return keyed_step
     from jax.experimental import checkify
 
@@ -664,11 +670,8 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
     shuffler = np.random.default_rng([*np.asarray(jax.random.key_data(key)).ravel().tolist(), 1])
     # The step donates its inputs: copy once so the caller's arrays survive fit().
     # One compiled call, not one compilation per leaf shape as eager ops would cost.
-    step = make_train_step(model, optimizer, loss_fn=loss_fn, frozen=frozen,
-                           skip_nonfinite=on_nonfinite == "skip", parallel=parallel,
-                           devices=devices)
-    trees = jax.jit(functools.partial(_copy_and_init, step.init_opt_state))(
-        params, state, opt_state)
+    step = _fit_step(model, optimizer, loss_fn, frozen, on_nonfinite == "skip", parallel, devices)
+    trees = step.copy_and_init(params, state, opt_state)
     history = []
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
@@ -676,7 +679,7 @@ def fit(model: Layer, params, state, optimizer: optax.GradientTransformation, tr
         result = _loop.run_epoch(
             step, trees, _slices(x, y, order, batch_size, steps),
             # Step i of epoch e gets fold_in(key, (e - 1) * steps + i): unique over the run.
-            key_for_step=lambda i, base=(epoch - 1) * steps: jax.random.fold_in(key, base + i),
+            key_for_step=_loop.StepKeys(key, (epoch - 1) * steps),
             steps=steps, progress=progress, desc=f"epoch {epoch}/{epochs}", log_every=log_every,
             on_nonfinite=on_nonfinite, where="fit")
         trees = result.trees
@@ -786,6 +789,28 @@ def _fit_record(epoch, result, model, trees, eval_data, loss_fn, parallel) -> di
 def _as_key(key):
     """A typed ``jax.random`` key from a key, a legacy ``uint32[2]`` key or an int seed."""
     return _keys.as_key(key, "fit")
+
+
+def _fit_step(model, optimizer, loss_fn, frozen, skip_nonfinite, parallel, devices):
+    """:func:`fit`'s train step, with ``step.copy_and_init(params, state, opt_state)``: one
+    compiled copy of the trees (``opt_state`` ``None``: initialised). Built once per
+    arguments (a repeated ``fit`` with the same model and optimizer objects compiles nothing
+    new); unhashable arguments (e.g. ``frozen`` as a list) build a new step."""
+    args = (model, optimizer, loss_fn, frozen, skip_nonfinite, parallel,
+            None if devices is None else tuple(devices))
+    try:
+        return _cached_fit_step(*args)
+    except TypeError:  # unhashable: no cache
+        return _cached_fit_step.__wrapped__(*args)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_fit_step(model, optimizer, loss_fn, frozen, skip_nonfinite, parallel, devices):
+    step = make_train_step(model, optimizer, loss_fn=loss_fn, frozen=frozen,
+                           skip_nonfinite=skip_nonfinite, parallel=parallel,
+                           devices=None if devices is None else list(devices))
+    step.copy_and_init = jax.jit(functools.partial(_copy_and_init, step.init_opt_state))
+    return step
 
 
 def _copy_and_init(init_opt_state, params, state, opt_state):

@@ -286,3 +286,38 @@ def test_load_splits_synthetic_and_limits():
     assert 0 <= train[1].min() and train[1].max() < 10 and text == "40 synthetic 4x5x3 images"
     again = E.load_splits("cifar10", image_shape=(4, 5, 3), synthetic=40, seed=1)
     np.testing.assert_array_equal(again[0][0][:30], train[0])  # the seed fixes the arrays
+
+
+@pytest.mark.parametrize("name, shape", [("convnet_mnist", (4, 28, 28, 1)), ("lenet5", (4, 28, 28, 1))])
+def test_fast_compiled_init_is_bit_identical(name, shape):
+    # private on purpose: run() compiles its one-off init at XLA CPU optimisation level 1
+    # (E._compile_fast, ~3x less compile time); the params must equal model.init's bit for bit.
+    model = getattr(fundl.models, name)(10)
+    key = jax.random.key(3)
+    _, params, state = E._compile_fast(lambda k: model.init_with_state(k, shape), key)
+    _, ref_params, ref_state = model.init_with_state(key, shape)
+    jax.tree.map(np.testing.assert_array_equal, (params, state), (ref_params, ref_state))
+
+
+def test_background_compile_is_reused(tmp_path):
+    # private on purpose: run() compiles the train step in a thread while it initialises
+    # (E._compile_in_background); the first step must find that executable (no XLA compile).
+    x, y = _tiny_data(0, 16)
+    x = x.astype(np.float32)
+    model, opt = _small_model(), optax.sgd(0.1)
+    step = E._train_step_with_augment(fundl.train.make_train_step(model, opt), None, False)
+    E._compile_in_background(step, model, opt, jax.random.key(0), lambda: (x, y),
+                             lambda: (x[:5], y[:5])).join()
+    _, params, state = model.init_with_state(jax.random.key(0), x.shape)
+    trees = (params, state, opt.init(params))
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **kw: compiles.append(event)
+        if event == "/jax/core/compile/backend_compile_duration" else None)
+    out = step.fold_in_step(*trees, (x, y), jax.random.key(0), np.uint32(0))
+    jax.block_until_ready(out)
+    assert compiles == []
+    # the evaluation of a test set in batches of 5 (the shape compiled above) compiles nothing
+    ev = fundl.train.evaluate(model, out[0], out[1], (x[:10], y[:10]), batch_size=5,
+                              check_data=False)
+    assert compiles == [] and 0 <= ev["accuracy"] <= 1

@@ -133,3 +133,71 @@ def test_run_epoch_result_and_keys():
     assert keys == [0, 1] and res.steps == 2 and res.examples == 4 and res.seconds > 0
     assert res.metrics == {"loss": pytest.approx((3 * 1.0 + 1 * 5.0) / 4), "accuracy": 1.0}
     assert res.trees == ({"w": 1}, {}, {})
+
+
+# -- the per-step fast paths (benchmarks/overhead.py): same results as the slow paths ------
+
+def _dropout_mlp():
+    return L.Serial(L.Flatten(), L.Dense(8, name="hidden"), L.Dropout(0.5), L.ReLU(),
+                    L.Dense(3, name="head"))
+
+
+def _epoch(step, key_for_step, params, batches):
+    opt_state = optax.sgd(0.1).init(params)
+    trees = jax.tree.map(jnp.copy, (params, {}, opt_state))
+    return loop.run_epoch(step, trees, batches, key_for_step=key_for_step, steps=len(batches),
+                          progress=False, log_every=2)
+
+
+def test_step_keys_fast_path_equals_folding_on_the_host():
+    # StepKeys(key, offset) on a make_train_step step derives fold_in(key, offset + i) inside
+    # the compiled step (fold_in_step); the dropout masks, hence the results, must be those of
+    # the host-side key_for_step. A step without fold_in_step folds on the host.
+    x, y = _data(24)
+    batches = [(x[i:i + 8].astype(np.float32), y[i:i + 8]) for i in range(0, 24, 8)]
+    _, params = _dropout_mlp().init(jax.random.key(0), (8, 4, 4, 1))
+    step = T.make_train_step(_dropout_mlp(), optax.sgd(0.1))
+    assert hasattr(step, "fold_in_step")
+    key = jax.random.key(7)
+    slow = _epoch(step, lambda i: jax.random.fold_in(key, 5 + i), params, batches)
+    fast = _epoch(step, loop.StepKeys(key, 5), params, batches)
+    plain = lambda *a: step(*a)  # no fold_in_step: the host fallback
+    host = _epoch(plain, loop.StepKeys(key, 5), params, batches)
+    other = _epoch(step, loop.StepKeys(key, 6), params, batches)
+    for res in (fast, host):
+        assert res.metrics == pytest.approx(slow.metrics, rel=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), res.trees,
+                     slow.trees)
+    assert other.metrics["loss"] != pytest.approx(slow.metrics["loss"], rel=1e-6)  # keys matter
+
+
+def test_fold_in_step_refuses_what_the_step_refuses():
+    # the fast path compiles the same step: a model mismatch is the same ConfigError/ShapeError
+    _, params = _mlp().init(jax.random.key(0), (8, 4, 4, 1))
+    step = T.make_train_step(_mlp(), optax.sgd(0.1))
+    bad = (np.ones((8, 5, 4, 1), np.float32), np.zeros(8, np.int32))
+    with pytest.raises(Exception) as slow:
+        step(params, {}, optax.sgd(0.1).init(params), bad, jax.random.key(0))
+    with pytest.raises(type(slow.value)) as fast:
+        step.fold_in_step(params, {}, optax.sgd(0.1).init(params), bad, jax.random.key(0),
+                          np.uint32(0))
+    assert str(fast.value) == str(slow.value)
+
+
+def test_fit_reuses_its_compiled_step_and_copies_the_callers_trees():
+    # private on purpose: fit's step cache (_cached_fit_step); a second fit compiles nothing new; an unhashable
+    # argument (frozen as a list) still trains, without the cache.
+    x, y = _data(16)
+    data = (x.astype(np.float32), y)
+    model, opt = _mlp(), optax.sgd(0.1)
+    _, params = model.init(jax.random.key(0), (8, 4, 4, 1))
+    T._cached_fit_step.cache_clear()
+    first = T.fit(model, params, {}, opt, data, epochs=1, batch_size=8, key=0, progress=False)
+    again = T.fit(model, params, {}, opt, data, epochs=1, batch_size=8, key=0, progress=False)
+    assert T._cached_fit_step.cache_info().hits == 1
+    assert first.history[0]["train_loss"] == again.history[0]["train_loss"]
+    jax.tree.map(np.testing.assert_array_equal, first.params, again.params)
+    np.asarray(params["hidden"]["w"])  # the caller's params were copied, not donated
+    frozen = T.fit(model, params, {}, opt, data, epochs=1, batch_size=8, key=0, progress=False,
+                   frozen=["hidden"])
+    np.testing.assert_array_equal(frozen.params["hidden"]["w"], params["hidden"]["w"])

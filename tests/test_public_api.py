@@ -53,6 +53,14 @@ PRIVATE_ON_PURPOSE = {
     ("test_checkpoint_faults.py", "fundl._checkpoints"):
         "the finite flag of a checkpoint's record (_checksums) on NaN/Inf params, which a run "
         "stops before saving",
+    ("test_loop.py", "fundl.train._cached_fit_step"):
+        "fit's cache of compiled steps: a second fit with the same model and optimizer hits it",
+    ("test_experiments.py", "fundl.experiment._compile_fast"):
+        "run's init compiled at XLA optimisation level 1 must equal model.init bit for bit",
+    ("test_experiments.py", "fundl.experiment._compile_in_background"):
+        "run's train step compiled in a thread during init: the first step must reuse it",
+    ("test_experiments.py", "fundl.experiment._train_step_with_augment"):
+        "the runner's step (with its fold_in_step) that the background compilation targets",
     ("test_train.py", "fundl.train._as_key"):
         "the key normaliser behind fit(key=...): int seeds, legacy and typed keys agree",
 }

@@ -313,3 +313,19 @@ def test_quickstart_smoke():
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"test_accuracy=0\.\d{4}", last), out.stdout
+
+
+def test_as_key_fast_path_keeps_every_refusal():
+    # private on purpose: _as_key (the key normaliser every train step runs per call) accepts a
+    # seen typed-key class at once; every other form still goes through the full checks.
+    k = jax.random.key(0)
+    assert T._as_key(k) is k and T._as_key(k) is k  # the second call takes the fast path
+    for bad in (jax.random.split(k, 3), jnp.zeros(()), np.zeros(2, np.float32), "k"):
+        with pytest.raises(ConfigError, match="key must be"):
+            T._as_key(bad)
+    # traced: a typed key passes as it is, an integer scalar is a seed (the tracer class is
+    # never taken for a key class)
+    typed, seeded = jax.jit(lambda kk, s: (jax.random.key_data(T._as_key(kk)),
+                                           jax.random.key_data(T._as_key(s))))(k, 3)
+    np.testing.assert_array_equal(typed, jax.random.key_data(k))
+    np.testing.assert_array_equal(seeded, jax.random.key_data(jax.random.key(3)))
