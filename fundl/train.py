@@ -337,9 +337,13 @@ def _one_device_step(body, accumulate, donate, where, checks=False):
     if not checks:
         jitted = jax.jit(step, donate_argnums=donate_argnums)
 
+        checked_key = [None]  # the last key checked: an epoch passes the same one each step
+
         def keyed_step(params, state, opt_state, batch, key):
             # The key is normalised on the host: a string would fail in jit's argument handling.
-            return jitted(params, state, opt_state, batch, _keys.as_optional_key(key, "train step"))
+            if key is not checked_key[0]:
+                key = checked_key[0] = _keys.as_optional_key(key, "train step")
+            return jitted(params, state, opt_state, batch, key)
 
         keyed_step.lower = jitted.lower  # still inspectable as a jax.jit function
         keyed_step.trace = jitted.trace  # (jit's stages: trace -> lower -> compile)

@@ -329,3 +329,23 @@ def test_as_key_fast_path_keeps_every_refusal():
                                            jax.random.key_data(T._as_key(s))))(k, 3)
     np.testing.assert_array_equal(typed, jax.random.key_data(k))
     np.testing.assert_array_equal(seeded, jax.random.key_data(jax.random.key(3)))
+
+
+def test_train_step_rechecks_every_new_key_after_a_good_one():
+    # the step skips the key check when it gets the very key it checked last (an epoch
+    # passes one key per step); anything else is checked again.
+    model = L.Serial(L.Dense(3), L.Dropout(0.5))
+    _, params = model.init(jax.random.key(0), (2, 4))
+    opt = optax.sgd(0.1)
+    step = T.make_train_step(model, opt, donate=False)
+    batch = (jnp.ones((2, 4)), jnp.array([0, 2]))
+    k = jax.random.key(3)
+    a = step(params, {}, opt.init(params), batch, k)[3]["loss"]
+    assert step(params, {}, opt.init(params), batch, k)[3]["loss"] == a
+    for bad in ("k", jax.random.split(k, 2), 1.5):
+        with pytest.raises(ConfigError, match="key must be"):
+            step(params, {}, opt.init(params), batch, bad)
+    assert step(params, {}, opt.init(params), batch, 3)[3]["loss"] == a  # int seed 3 = key(3)
+    legacy = jax.random.PRNGKey(3)
+    step(params, {}, opt.init(params), batch, legacy)
+    step(params, {}, opt.init(params), batch, legacy)  # converted each time, no stale key
