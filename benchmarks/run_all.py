@@ -9,8 +9,10 @@ Each benchmark is also a script of its own (see its docstring):
 (time to first step: tracing, lowering and compilation of ResNet-50 and the quickstart
 convnet vs flax; ResNet-152 with and without ``scan``; a runner's second run with the
 compilation cache),
-``batched_vs_loop.py`` (batching speed-up). ``lenet_breakdown.py`` (where the
-convnet step's time goes) is a diagnostic, not part of the suite; nor is ``gpu.py``
+``overhead.py`` (a tiny step's per-call cost vs bare ``jax.jit``, ``nnx.jit``,
+``eqx.filter_jit``; ``fit`` vs a bare loop), ``batched_vs_loop.py`` (batching
+speed-up). ``lenet_breakdown.py`` (where the convnet step's time goes) and
+``profile_step.py`` (a train step per compiled operation) are diagnostics, not part of the suite; nor is ``gpu.py``
 (ResNet-50 throughput and MFU on one GPU, see its docstring).
 No timing is asserted anywhere; the machine may be shared, so read ratios of
 interleaved rounds rather than absolute times.
@@ -33,6 +35,7 @@ def main(argv=None):
         ["batched_vs_loop.py"] + (["--rounds", "10"] if args.quick else []),
         ["lenet_cpu.py"] + (["--rounds", "15", "--no-compile"] if args.quick else []),
         ["resnet_cpu.py"] + (["--rounds", "3"] if args.quick else []),
+        ["overhead.py"] + (["--rounds", "5"] if args.quick else []),
     ]
     if not args.quick:
         plan += [["first_step.py", "--rounds", "1"],
